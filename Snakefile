@@ -1,0 +1,35 @@
+# sparse-frontier workflow: task data -> inference per cell -> scores -> DuckDB aggregate -> charts.
+#
+#   snakemake                                   # default study (config.yaml), local profile profiles/default
+#   snakemake -n                                # dry run: what would run and why
+#   snakemake --configfile studies/gpu.yaml     # another study
+#   snakemake --profile profiles/slurm          # on a SLURM cluster
+#
+# Every cell (model, task, length, method, ratio) has its own output files and gets all its settings as
+# plain `params`, so editing one cell's settings reruns exactly that cell and the aggregation downstream.
+# Rules call `python -m workflow_scripts.<step>` through `shell:`; editing library code does NOT mark
+# results stale (see README "Reruns after code changes").
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/models.smk"
+include: "rules/data.smk"
+include: "rules/infer.smk"
+include: "rules/score.smk"
+include: "rules/aggregate.smk"
+include: "rules/charts.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        AGG_DB,
+        AGG_SUMMARY,
+        CHARTS,

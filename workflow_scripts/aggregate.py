@@ -1,0 +1,59 @@
+"""Aggregate per-cell score files with DuckDB into a database file and parquet tables.
+
+Tables (also written as parquet):
+* ``samples``: one row per (cell, sample) — hive keys model/task/length/method/ratio + the score-file columns;
+* ``summary``: one row per cell — n, mean score, standard error (sd/sqrt(n), ddof=1), mean sparsity, timings.
+
+Only the files of the current study are read (an explicit list), so stale cells left in ``results/`` from an
+earlier config never leak into the aggregate.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+HIVE_TYPES = {"model": "VARCHAR", "task": "VARCHAR", "length": "BIGINT", "method": "VARCHAR", "ratio": "DOUBLE"}
+
+SUMMARY_SQL = """
+SELECT model, task, length, method, ratio,
+       count(*)                                  AS n,
+       avg(score)                                AS mean,
+       coalesce(stddev_samp(score) / sqrt(count(*)), 0) AS se,
+       avg(sparsity)                             AS mean_sparsity,
+       avg(density)                              AS mean_density,
+       avg(input_tokens)                         AS mean_input_tokens,
+       avg(output_tokens)                        AS mean_output_tokens,
+       avg(prefill_ms)                           AS mean_prefill_ms,
+       avg(decode_ms_per_token)                  AS mean_decode_ms_per_token,
+       max(peak_mem_mb)                          AS max_peak_mem_mb
+FROM samples
+GROUP BY ALL
+ORDER BY model, task, length, method, ratio
+"""
+
+
+def aggregate(score_files: list[str], db_path: str, samples_path: str, summary_path: str) -> None:
+    import duckdb
+
+    from .io import atomic_path
+
+    if not score_files:
+        raise ValueError("no score files to aggregate")
+    hive_types = "{" + ", ".join(f"'{k}': {v}" for k, v in HIVE_TYPES.items()) + "}"
+    files = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in score_files) + "]"
+    Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(db_path) as tmp_db:
+        os.unlink(tmp_db)  # duckdb creates the file itself
+        con = duckdb.connect(str(tmp_db))
+        con.execute(f"""
+            CREATE TABLE samples AS
+            SELECT * FROM read_parquet({files}, hive_partitioning = true,
+                                          hive_types = {hive_types}, union_by_name = true)
+            ORDER BY model, task, length, method, ratio, sample_id
+        """)
+        con.execute(f"CREATE TABLE summary AS {SUMMARY_SQL}")
+        for table, path in (("samples", samples_path), ("summary", summary_path)):
+            with atomic_path(path) as tmp:
+                con.execute(f"COPY {table} TO '{tmp}' (FORMAT parquet)")
+        con.close()

@@ -1,0 +1,241 @@
+"""Study configuration: semantic validation and the cell grid (import-light; used by the Snakefile).
+
+The JSON schema (``schemas/config.schema.yaml``) checks structure and types through
+``snakemake.utils.validate``; ``Study`` then checks names against the task and method registries and paths
+on disk, raising :class:`ConfigError` with the offending key before any job runs.
+
+A *cell* is (model, task, length, method, ratio). Every setting that defines a cell reaches its rule as plain
+``params`` (see ``cell_params``), so Snakemake's params trigger reruns exactly the cells whose settings changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from sparse_kernels.registry import METHOD_PHASES
+from workflow_scripts.tasks import PROMPT_MODES, TASKS, load_task_class
+
+SCHEMA_PATH = str(Path(__file__).parent / "schemas" / "config.schema.yaml")
+
+RESULTS = "results"
+DATA = RESULTS + "/data/tokenizer={tokenizer}/task={task}/length={length}/mode={mode}/samples.parquet"
+CELL_KEYS = "model={model}/task={task}/length={length}/method={method}/ratio={ratio}"
+PRED = RESULTS + "/predictions/" + CELL_KEYS + "/shard={shard}/part.parquet"
+SCORE = RESULTS + "/scores/" + CELL_KEYS + "/part.parquet"
+LOG_INFER = RESULTS + "/logs/infer/" + CELL_KEYS + "/shard={shard}.log"
+LOG_DATA = RESULTS + "/logs/data/tokenizer={tokenizer}/task={task}/length={length}/mode={mode}.log"
+AGG_DB = RESULTS + "/aggregate/study.duckdb"
+AGG_SAMPLES = RESULTS + "/aggregate/samples.parquet"
+AGG_SUMMARY = RESULTS + "/aggregate/summary.parquet"
+
+MODEL_DEFAULTS = {"dtype": "bfloat16", "device": "auto", "chat_template": True}
+TOP_DEFAULTS = {"seed": 43, "samples": 100, "shard_size": 25, "prompt_mode": "cot", "max_new_tokens": 1024,
+                "batch_size": 1, "task_params": {}}
+
+
+class ConfigError(ValueError):
+    """Invalid study configuration; the message starts with the offending key."""
+
+
+def fmt_ratio(r: float) -> str:
+    """Canonical text of a compression ratio in paths: 1, 2, 7.5, 3.33 ..."""
+    r = float(r)
+    return str(int(r)) if r == int(r) else f"{r:g}"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "tok"
+
+
+@dataclass(frozen=True)
+class Cell:
+    model: str
+    task: str
+    length: int
+    method: str
+    ratio: str   # canonical text, see fmt_ratio
+
+
+class Study:
+    def __init__(self, config: dict, workdir: str | os.PathLike = "."):
+        self.workdir = Path(workdir)
+        self.cfg = {**TOP_DEFAULTS, **config}
+        self._check_top()
+        self.models = {name: {**MODEL_DEFAULTS, **entry} for name, entry in self.cfg["models"].items()}
+        self._check_models()
+        self.tokenizer_keys = self._tokenizer_keys()
+        self.ratios = self._ratios()
+        self.task_versions = {t: load_task_class(t).version for t in self.cfg["tasks"]}
+        self.n_shards = math.ceil(self.cfg["samples"] / self.cfg["shard_size"])
+
+    # ------------------------------------------------------------------ validation
+    def _check_top(self) -> None:
+        c = self.cfg
+        for i, t in enumerate(c["tasks"]):
+            if t not in TASKS:
+                raise ConfigError(f"tasks[{i}]: unknown task {t!r}; known tasks: {', '.join(TASKS)}")
+        for t in c["task_params"]:
+            if t not in TASKS:
+                raise ConfigError(f"task_params.{t}: unknown task {t!r}; known tasks: {', '.join(TASKS)}")
+            try:
+                load_task_class(t)(None, 1024, "cot", **c["task_params"][t])
+            except ValueError as e:
+                raise ConfigError(f"task_params.{t}: {e}") from None
+        for m, entry in c["methods"].items():
+            if m not in METHOD_PHASES:
+                raise ConfigError(f"methods.{m}: unknown method {m!r}; known methods: {', '.join(METHOD_PHASES)}")
+            entry = entry or {}
+            ratios = entry.get("ratios")
+            for j, r in enumerate(ratios or []):
+                if not (isinstance(r, (int, float)) and r >= 1):
+                    raise ConfigError(f"methods.{m}.ratios[{j}]: compression ratio must be a number >= 1, got {r!r}")
+            if m == "dense":
+                if ratios not in (None, [1], [1.0]):
+                    raise ConfigError(f"methods.dense.ratios: dense runs at ratio 1 only, got {ratios}")
+            elif not ratios:
+                raise ConfigError(f"methods.{m}.ratios: list at least one compression ratio (>= 1)")
+            texts = [fmt_ratio(r) for r in ratios or []]
+            if len(set(texts)) != len(texts):
+                raise ConfigError(f"methods.{m}.ratios: duplicate ratios after formatting: {texts}")
+        if c["prompt_mode"] not in PROMPT_MODES:
+            raise ConfigError(f"prompt_mode: must be one of {PROMPT_MODES}")
+
+    def _check_models(self) -> None:
+        for name, m in self.models.items():
+            key = f"models.{name}"
+            path = self.workdir / m["path"]
+            if not m.get("build"):
+                if not path.is_dir():
+                    raise ConfigError(f"{key}.path: model directory {m['path']!r} does not exist")
+                if not (path / "config.json").is_file():
+                    raise ConfigError(f"{key}.path: {m['path']!r} has no config.json (not a HF checkpoint)")
+            tok = m.get("tokenizer")
+            if tok is not None:
+                tpath = self.workdir / tok
+                if not tpath.is_dir() or not any((tpath / f).is_file() for f in
+                                                 ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+                    raise ConfigError(f"{key}.tokenizer: no tokenizer files in {tok!r}")
+            elif not m.get("build") and not any((path / f).is_file() for f in
+                                                ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+                raise ConfigError(f"{key}.tokenizer: {m['path']!r} has no tokenizer files; set models.{name}.tokenizer")
+
+    def _tokenizer_keys(self) -> dict[str, str]:
+        """Tokenizer path -> readable stable key; models sharing a tokenizer path share task data."""
+        paths = sorted({self.tokenizer_path(n) for n in self.models})
+        keys: dict[str, str] = {}
+        by_base: dict[str, list[str]] = {}
+        for p in paths:
+            by_base.setdefault(_slug(Path(p).name), []).append(p)
+        for base, ps in by_base.items():
+            for p in ps:
+                keys[p] = base if len(ps) == 1 else f"{base}-{hashlib.sha1(p.encode()).hexdigest()[:6]}"
+        return keys
+
+    def _ratios(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for m, entry in self.cfg["methods"].items():
+            rs = [1.0] if m == "dense" else (entry or {}).get("ratios", [])
+            out[m] = {fmt_ratio(r): float(r) for r in rs}
+        return out
+
+    # ------------------------------------------------------------------ grid
+    def tokenizer_path(self, model: str) -> str:
+        m = self.models[model]
+        return os.path.normpath(m.get("tokenizer") or m["path"])
+
+    def tokenizer_key(self, model: str) -> str:
+        return self.tokenizer_keys[self.tokenizer_path(model)]
+
+    def mode(self, model: str) -> str:
+        return self.models[model].get("prompt_mode") or self.cfg["prompt_mode"]
+
+    def cells(self) -> list[Cell]:
+        return [
+            Cell(model, task, int(length), method, ratio)
+            for model in self.models
+            for task in self.cfg["tasks"]
+            for length in self.cfg["lengths"]
+            for method in self.cfg["methods"]
+            for ratio in self.ratios[method]
+        ]
+
+    def shard_range(self, shard: int) -> tuple[int, int]:
+        size = self.cfg["shard_size"]
+        return shard * size, min((shard + 1) * size, self.cfg["samples"])
+
+    def data_path(self, model: str, task: str, length: int | str) -> str:
+        return DATA.format(tokenizer=self.tokenizer_key(model), task=task, length=length, mode=self.mode(model))
+
+    def model_dir(self, model: str) -> str:
+        return os.path.normpath(self.models[model]["path"])
+
+    def build_targets(self) -> dict[str, str]:
+        """Model directories the workflow creates itself: path -> build recipe."""
+        return {self.model_dir(n): m["build"] for n, m in self.models.items() if m.get("build")}
+
+    # ------------------------------------------------------------------ params (rerun triggers)
+    def data_params(self, tokenizer: str, task: str, length: int, mode: str) -> dict:
+        model = next(n for n in self.models if self.tokenizer_key(n) == tokenizer)
+        return {
+            "task": task,
+            "task_version": self.task_versions[task],
+            "task_params": dict(self.cfg["task_params"].get(task, {})),
+            "length": int(length),
+            "mode": mode,
+            "samples": self.cfg["samples"],
+            "seed": self.cfg["seed"],
+            "tokenizer": self.tokenizer_path(model),
+            "chat_template": bool(self.models[model]["chat_template"]),
+        }
+
+    def cell_params(self, model: str, task: str, length: int, method: str, ratio: str, shard: int) -> dict:
+        """Everything that defines one inference job, as plain builtins (Snakemake's params trigger)."""
+        m = self.models[model]
+        start, stop = self.shard_range(shard)
+        return {
+            "model": model,
+            "model_path": self.model_dir(model),
+            "tokenizer": self.tokenizer_path(model),
+            "dtype": m["dtype"],
+            "device": m["device"],
+            "task": task,
+            "length": int(length),
+            "mode": self.mode(model),
+            "method": method,
+            "ratio": self.ratios[method][ratio],
+            "method_params": dict((self.cfg["methods"][method] or {}).get("params", {})),
+            "max_new_tokens": self.cfg["max_new_tokens"],
+            "batch_size": self.cfg["batch_size"],
+            "samples": [start, stop],
+            "shard": shard,
+        }
+
+    def score_params(self, task: str) -> dict:
+        return {"task": task, "task_version": self.task_versions[task]}
+
+    # ------------------------------------------------------------------ targets
+    def pred_paths(self, cell: Cell) -> list[str]:
+        return [PRED.format(**cell.__dict__, shard=s) for s in range(self.n_shards)]
+
+    def score_paths(self) -> list[str]:
+        return [SCORE.format(**c.__dict__) for c in self.cells()]
+
+
+def wildcard_patterns(study: Study) -> dict[str, str]:
+    def alt(names) -> str:
+        return "|".join(re.escape(str(n)) for n in sorted(names, key=str))
+    return {
+        "model": alt(study.models),
+        "task": alt(study.cfg["tasks"]),
+        "method": alt(study.cfg["methods"]),
+        "tokenizer": alt(set(study.tokenizer_keys.values())),
+        "mode": alt(PROMPT_MODES),
+        "length": r"\d+",
+        "ratio": r"\d+(\.\d+)?",
+        "shard": r"\d+",
+    }

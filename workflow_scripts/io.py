@@ -1,0 +1,71 @@
+"""Atomic output writing: a killed job never leaves a file that looks complete."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Like ``atomic_path`` for a directory (replaces an existing one only on success)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def write_parquet(table, path: str | Path, metadata: dict | None = None) -> None:
+    """Write a pyarrow Table atomically; ``metadata`` values are JSON-encoded into the schema metadata."""
+    import pyarrow.parquet as pq
+
+    if metadata:
+        meta = dict(table.schema.metadata or {})
+        meta.update({f"sfw.{k}".encode(): json.dumps(v, sort_keys=True, default=str).encode()
+                     for k, v in metadata.items()})
+        table = table.replace_schema_metadata(meta)
+    from .faults import maybe_fault
+
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+        maybe_fault("mid_write", path)
+
+
+def read_metadata(path: str | Path) -> dict:
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    return {k.decode()[4:]: json.loads(v) for k, v in meta.items() if k.startswith(b"sfw.")}
