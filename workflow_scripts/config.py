@@ -35,7 +35,8 @@ AGG_SUMMARY = RESULTS + "/aggregate/summary.parquet"
 
 MODEL_DEFAULTS = {"dtype": "bfloat16", "device": "auto", "chat_template": True}
 TOP_DEFAULTS = {"seed": 43, "samples": 100, "shard_size": 25, "prompt_mode": "cot", "max_new_tokens": 1024,
-                "batch_size": 1, "task_params": {}}
+                "batch_size": 1, "task_params": {},
+                "datasets_dir": "datasets"}
 
 
 class ConfigError(ValueError):
@@ -185,6 +186,8 @@ class Study:
             "task": task,
             "task_version": self.task_versions[task],
             "task_params": dict(self.cfg["task_params"].get(task, {})),
+            # only tasks reading natural datasets depend on where they live
+            "datasets_dir": self.cfg["datasets_dir"] if load_task_class(task).uses_datasets else None,
             "length": int(length),
             "mode": mode,
             "samples": self.cfg["samples"],

@@ -27,7 +27,7 @@ def generate(spec: dict) -> list[dict]:
     tok = load_tokenizer(spec["tokenizer"])
     renderer = Renderer(tok, use_chat_template=spec["chat_template"])
     task = load_task_class(spec["task"])(renderer, spec["length"], spec["mode"], seed=spec["seed"],
-                                        **spec["task_params"])
+                                        datasets_dir=spec.get("datasets_dir"), **spec["task_params"])
     rows = []
     low = MIN_FRACTION * spec["length"]
     for i in tqdm(range(spec["samples"]), desc=f"{spec['task']}@{spec['length']}", mininterval=5):

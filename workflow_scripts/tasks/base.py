@@ -156,8 +156,10 @@ class Task:
     name: str = ""
     version: str = "1"           # bump when generation or scoring changes
     defaults: dict[str, Any] = {}
+    uses_datasets: bool = False  # True for tasks that read natural datasets from ``datasets_dir``
 
-    def __init__(self, renderer: Renderer, length: int, mode: str, seed: int = 43, **params):
+    def __init__(self, renderer: Renderer, length: int, mode: str, seed: int = 43,
+                 datasets_dir: str | None = None, **params):
         unknown = set(params) - set(self.defaults)
         if unknown:
             raise ValueError(f"task {self.name}: unknown parameter(s) {sorted(unknown)}; "
@@ -166,6 +168,7 @@ class Task:
         self.length = int(length)
         self.mode = mode
         self.seed = int(seed)
+        self.datasets_dir = datasets_dir      # where natural datasets (QA files) live; None = task default
         self.params = {**self.defaults, **params}
 
     def rng(self, sample_id: int) -> random.Random:
