@@ -2,6 +2,7 @@
 # the tokenizer and by every method and ratio.
 
 
+@rulefunc
 def _tokenizer_input(wildcards):
     model = next(n for n in STUDY.models if STUDY.tokenizer_key(n) == wildcards.tokenizer)
     return STUDY.tokenizer_path(model)
@@ -13,7 +14,7 @@ rule task_data:
     output:
         DATA,
     params:
-        spec=lambda w: STUDY.data_params(w.tokenizer, w.task, int(w.length), w.mode),
+        spec=rulefunc(lambda w: STUDY.data_params(w.tokenizer, w.task, int(w.length), w.mode)),
     log:
         sfc.LOG_DATA,
     resources:

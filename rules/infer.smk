@@ -1,21 +1,35 @@
 # Inference: one job per (cell, shard). A shard is a contiguous range of sample ids of the cell.
 
 
+@rulefunc
+def _infer_inputs(w):
+    return {"data": STUDY.data_path(w.model, w.task, w.length), "model": STUDY.model_dir(w.model)}
+
+
+@rulefunc
+def _infer_params(w):
+    return STUDY.cell_params(w.model, w.task, int(w.length), w.method, w.ratio, int(w.shard))
+
+
+@rulefunc
+def _infer_gpus(w):
+    return 1 if STUDY.models[w.model]["device"] == "cuda" else 0
+
+
 rule infer:
     input:
-        data=lambda w: STUDY.data_path(w.model, w.task, w.length),
-        model=lambda w: STUDY.model_dir(w.model),
+        unpack(_infer_inputs),
     output:
         PRED,
     params:
-        cell=lambda w: STUDY.cell_params(w.model, w.task, int(w.length), w.method, w.ratio, int(w.shard)),
+        cell=_infer_params,
     log:
         sfc.LOG_INFER,
     threads: 1
     resources:
-        gpu=lambda w: 1 if STUDY.models[w.model]["device"] == "cuda" else 0,
-        mem_mb=lambda w, attempt: 8000 * attempt,
-        runtime=lambda w, attempt: 60 * attempt,
+        gpu=_infer_gpus,
+        mem_mb=8000,
+        runtime=60,
     shell:
         "{PY} workflow_scripts.infer --cell {params.cell:q} --data {input.data:q} --out {output:q}"
         " --threads {threads} > {log:q} 2>&1"

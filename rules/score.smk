@@ -1,14 +1,21 @@
 # Per-cell scores: the task's metric applied to every prediction of the cell (all shards).
 
 
+@rulefunc
+def _score_inputs(w):
+    return {
+        "preds": STUDY.pred_paths(sfc.Cell(w.model, w.task, int(w.length), w.method, w.ratio)),
+        "data": STUDY.data_path(w.model, w.task, w.length),
+    }
+
+
 rule score:
     input:
-        preds=lambda w: STUDY.pred_paths(sfc.Cell(w.model, w.task, int(w.length), w.method, w.ratio)),
-        data=lambda w: STUDY.data_path(w.model, w.task, w.length),
+        unpack(_score_inputs),
     output:
         SCORE,
     params:
-        spec=lambda w: STUDY.score_params(w.task),
+        spec=rulefunc(lambda w: STUDY.score_params(w.task)),
     resources:
         mem_mb=2000,
         runtime=10,

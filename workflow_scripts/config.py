@@ -43,6 +43,26 @@ class ConfigError(ValueError):
     """Invalid study configuration; the message starts with the offending key."""
 
 
+def key_path(parts) -> str:
+    """``['methods', 'dense', 'ratios', 0]`` -> ``methods.dense.ratios[0]``."""
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def schema_errors(config: dict) -> list[str]:
+    """Concise schema violations, each prefixed with the offending key path."""
+    import jsonschema
+    import yaml
+
+    with open(SCHEMA_PATH) as f:
+        schema = yaml.safe_load(f)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    return [f"{key_path(e.absolute_path)}: {e.message}" for e in errors]
+
+
 def fmt_ratio(r: float) -> str:
     """Canonical text of a compression ratio in paths: 1, 2, 7.5, 3.33 ..."""
     r = float(r)

@@ -1,0 +1,127 @@
+"""The real workflow, end to end through Snakemake, on a tiny random-weight model.
+
+Checks the per-cell parquet contents, the DuckDB aggregate and the chart, then that config edits replan
+exactly the changed cells (plus the aggregation downstream), and that a job killed mid-write leaves no
+output Snakemake would take as complete.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+
+from workflow_scripts.io import read_metadata
+
+PRED = "results/predictions/model={m}/task=ruler_niah/length={L}/method=dense/ratio=1/shard={s}/part.parquet"
+SCORE = "results/scores/model={m}/task=ruler_niah/length={L}/method=dense/ratio=1/part.parquet"
+
+
+def study(model: str) -> dict:
+    entry = {"path": model, "dtype": "float32", "device": "cpu"}
+    return {"seed": 43, "samples": 4, "shard_size": 2, "prompt_mode": "direct", "max_new_tokens": 4,
+            "models": {"tiny-a": dict(entry), "tiny-b": dict(entry)},
+            "tasks": ["ruler_niah"], "lengths": [1024], "methods": {"dense": {}}}
+
+
+DOWNSTREAM = {"aggregate": 1, "chart_score_vs_ratio": 1, "all": 1}
+
+
+def test_end_to_end_and_exact_incremental_reruns(workflow, tiny_model):
+    cfg = study(str(tiny_model))
+    workflow.write_config(cfg)
+    # both models share the tokenizer path -> one task-data job
+    assert workflow.planned_jobs() == {"task_data": 1, "infer": 4, "score": 2, **DOWNSTREAM}
+    workflow.run()
+
+    data = pq.read_table(workflow.path(
+        "results/data/tokenizer=tiny/task=ruler_niah/length=1024/mode=direct/samples.parquet")).to_pylist()
+    assert [r["sample_id"] for r in data] == [0, 1, 2, 3]
+    assert all(972 <= r["input_tokens"] <= 1024 for r in data)
+
+    for m in ("tiny-a", "tiny-b"):
+        for shard, ids in ((0, [0, 1]), (1, [2, 3])):
+            path = workflow.path(PRED.format(m=m, L=1024, s=shard))
+            rows = pq.read_table(path).to_pylist()
+            assert [r["sample_id"] for r in rows] == ids
+            for r in rows:
+                assert r["input_tokens"] == data[r["sample_id"]]["input_tokens"]
+                assert 0 <= r["output_tokens"] <= 4 and r["stop_reason"] in ("eos", "length")
+                assert r["sparsity"] == 0.0 and r["density"] == 1.0
+                assert r["prefill_ms"] > 0 and r["peak_mem_mb"] > 0
+            meta = read_metadata(path)
+            assert meta["cell"]["model"] == m and meta["cell"]["method"] == "dense"
+            assert meta["cell"]["samples"] == ids[:1] + [ids[-1] + 1]
+            assert meta["provenance"]["versions"]["torch"].startswith("2.")
+            assert len(meta["provenance"]["code"]) == 12
+
+    con = duckdb.connect(str(workflow.path("results/aggregate/study.duckdb")), read_only=True)
+    types = dict(con.execute("SELECT column_name, data_type FROM information_schema.columns "
+                             "WHERE table_name = 'summary'").fetchall())
+    assert types["length"] == "BIGINT" and types["ratio"] == "DOUBLE"
+    samples = con.execute("SELECT model, sample_id, score FROM samples ORDER BY model, sample_id").fetchall()
+    assert [(m, i) for m, i, _ in samples] == [(m, i) for m in ("tiny-a", "tiny-b") for i in range(4)]
+    summary = con.execute("SELECT model, n, mean, se FROM summary ORDER BY model").fetchall()
+    for m, n, mean, se in summary:
+        scores = [s for mm, _, s in samples if mm == m]
+        assert n == 4 and mean == pytest.approx(sum(scores) / 4)
+    assert pq.read_table(workflow.path("results/aggregate/summary.parquet")).num_rows == 2
+
+    html = workflow.path("results/charts/score_vs_ratio.html").read_text()
+    assert "vega-embed" in html.lower() and "cdn.jsdelivr" not in html      # offline: Vega inlined
+    assert workflow.path("results/charts/score_vs_ratio.png").read_bytes()[:4] == b"\x89PNG"
+
+    # nothing to do on an unchanged config
+    assert workflow.planned_jobs() == {}
+
+    # one model's setting changed -> exactly its cells (2 shards, 1 score) + aggregation downstream
+    changed = copy.deepcopy(cfg)
+    changed["models"]["tiny-b"]["dtype"] = "bfloat16"
+    workflow.write_config(changed)
+    assert workflow.planned_jobs() == {"infer": 2, "score": 1, **DOWNSTREAM}
+
+    # a new length -> its task data and its cells only
+    grown = copy.deepcopy(cfg)
+    grown["lengths"] = [1024, 2048]
+    workflow.write_config(grown)
+    assert workflow.planned_jobs() == {"task_data": 1, "infer": 4, "score": 2, **DOWNSTREAM}
+
+    # a new model sharing the tokenizer reuses the task data
+    more = copy.deepcopy(cfg)
+    more["models"]["tiny-c"] = dict(cfg["models"]["tiny-a"])
+    workflow.write_config(more)
+    assert workflow.planned_jobs() == {"infer": 2, "score": 1, **DOWNSTREAM}
+
+
+def test_killed_job_leaves_no_complete_output(workflow, tiny_model):
+    cfg = study(str(tiny_model))
+    cfg["models"] = {"tiny-a": cfg["models"]["tiny-a"]}
+    workflow.write_config(cfg)
+    # the shard-1 inference job SIGKILLs itself after writing its temporary file, before the rename
+    proc = workflow.run("--keep-going", check=False, env={"SFW_FAULT": "mid_write:shard=1"})
+    assert proc.returncode != 0
+    killed = workflow.path(PRED.format(m="tiny-a", L=1024, s=1))
+    assert workflow.path(PRED.format(m="tiny-a", L=1024, s=0)).exists()
+    assert not killed.exists()
+    leftovers = list(killed.parent.glob(".part.parquet.*.tmp")) if killed.parent.exists() else []
+    assert len(leftovers) <= 1          # the dead process's temp file, never taken as output
+    assert workflow.planned_jobs("--rerun-incomplete") == {"infer": 1, "score": 1, **DOWNSTREAM}
+    workflow.run("--rerun-incomplete")
+    assert [r["sample_id"] for r in pq.read_table(killed).to_pylist()] == [2, 3]
+    assert not list(killed.parent.glob(".part.parquet.*.tmp")), "stale temp file is cleaned on rewrite"
+    assert json.loads(json.dumps(read_metadata(killed)["cell"]))["shard"] == 1
+
+
+def test_dry_run_of_a_5000_cell_study(workflow, tiny_model):
+    """A generated grid of 5,000 cells plans every job (timing is printed by bench/bench_dryrun.py)."""
+    cfg = study(str(tiny_model))
+    entry = cfg["models"]["tiny-a"]
+    cfg["models"] = {f"m{i:03d}": dict(entry) for i in range(500)}
+    cfg["lengths"] = [1024 * (k + 1) for k in range(10)]
+    cfg["samples"], cfg["shard_size"] = 2, 2
+    workflow.write_config(cfg)
+    assert workflow.planned_jobs("--quiet", "rules") == {
+        "task_data": 10, "infer": 5000, "score": 5000, **DOWNSTREAM}
