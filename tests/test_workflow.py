@@ -17,7 +17,6 @@ import pytest
 from workflow_scripts.io import read_metadata
 
 PRED = "results/predictions/model={m}/task=ruler_niah/length={L}/method=dense/ratio=1/shard={s}/part.parquet"
-SCORE = "results/scores/model={m}/task=ruler_niah/length={L}/method=dense/ratio=1/part.parquet"
 
 
 def study(model: str) -> dict:

@@ -1,7 +1,7 @@
 """Aggregate per-cell score files with DuckDB into a database file and parquet tables.
 
 Tables (also written as parquet):
-* ``samples``: one row per (cell, sample) — hive keys model/task/length/method/ratio + the score-file columns;
+* ``samples``: one row per (cell, sample) — hive keys model/task/length + the score-file columns (method, ratio, …);
 * ``summary``: one row per cell — n, mean score, standard error (sd/sqrt(n), ddof=1), mean sparsity, timings.
 
 Only the files of the current study are read (an explicit list), so stale cells left in ``results/`` from an
@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-HIVE_TYPES = {"model": "VARCHAR", "task": "VARCHAR", "length": "BIGINT", "method": "VARCHAR", "ratio": "DOUBLE"}
+HIVE_TYPES = {"model": "VARCHAR", "task": "VARCHAR", "length": "BIGINT"}
 
 SUMMARY_SQL = """
 SELECT model, task, length, method, ratio,

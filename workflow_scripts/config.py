@@ -26,7 +26,9 @@ RESULTS = "results"
 DATA = RESULTS + "/data/tokenizer={tokenizer}/task={task}/length={length}/mode={mode}/samples.parquet"
 CELL_KEYS = "model={model}/task={task}/length={length}/method={method}/ratio={ratio}"
 PRED = RESULTS + "/predictions/" + CELL_KEYS + "/shard={shard}/part.parquet"
-SCORE = RESULTS + "/scores/" + CELL_KEYS + "/part.parquet"
+# scores are grouped per (model, task, length): scoring is cheap, and one job per group instead of per cell
+# keeps the DAG small (the paper grid: 144 score jobs instead of ~7,000)
+SCORE = RESULTS + "/scores/model={model}/task={task}/length={length}/part.parquet"
 LOG_INFER = RESULTS + "/logs/infer/" + CELL_KEYS + "/shard={shard}.log"
 LOG_DATA = RESULTS + "/logs/data/tokenizer={tokenizer}/task={task}/length={length}/mode={mode}.log"
 AGG_DB = RESULTS + "/aggregate/study.duckdb"
@@ -245,8 +247,14 @@ class Study:
     def pred_paths(self, cell: Cell) -> list[str]:
         return [PRED.format(**cell.__dict__, shard=s) for s in range(self.n_shards)]
 
+    def group_pred_paths(self, model: str, task: str, length: int | str) -> list[str]:
+        """Prediction files of every cell (all methods, ratios, shards) of one (model, task, length)."""
+        return [p for method in self.cfg["methods"] for ratio in self.ratios[method]
+                for p in self.pred_paths(Cell(model, task, int(length), method, ratio))]
+
     def score_paths(self) -> list[str]:
-        return [SCORE.format(**c.__dict__) for c in self.cells()]
+        return [SCORE.format(model=m, task=t, length=L)
+                for m in self.models for t in self.cfg["tasks"] for L in self.cfg["lengths"]]
 
 
 def wildcard_patterns(study: Study) -> dict[str, str]:

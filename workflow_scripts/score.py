@@ -1,7 +1,10 @@
-"""Score one cell: apply the task's metric to every prediction of every shard, write one parquet.
+"""Score one (model, task, length) group: apply the task's metric to every prediction of every cell.
 
     python -m workflow_scripts.score --spec "{'task': ..., 'task_version': ...}" --data samples.parquet \
-        --out part.parquet shard0.parquet shard1.parquet ...
+        --out part.parquet pred1.parquet pred2.parquet ...
+
+Each output row is a prediction row plus ``method``, ``ratio`` (from the cell spec stored with the predictions)
+and ``score``.
 """
 
 from __future__ import annotations
@@ -11,25 +14,40 @@ import ast
 import json
 
 
-def score_cell(task: str, data_path: str, pred_paths: list[str]):
+def score_group(task: str, data_path: str, pred_paths: list[str]):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from .io import read_metadata
     from .tasks import load_task_class
 
     cls = load_task_class(task)
     gold = {r["sample_id"]: json.loads(r["gold"])
             for r in pq.read_table(data_path, columns=["sample_id", "gold"]).to_pylist()}
-    preds = pa.concat_tables([pq.read_table(p) for p in pred_paths])
-    ids = preds.column("sample_id").to_pylist()
-    if len(set(ids)) != len(ids):
-        raise RuntimeError(f"duplicate sample ids across shards {pred_paths}")
-    scores = [float(cls.score(p, gold[i])) for i, p in zip(ids, preds.column("prediction").to_pylist())]
-    return preds.append_column("score", pa.array(scores, pa.float64())).sort_by("sample_id")
+    tables = []
+    seen: set[tuple] = set()
+    for path in pred_paths:
+        table = pq.read_table(path)
+        cell = read_metadata(path)["cell"]
+        if cell["task"] != task:
+            raise RuntimeError(f"{path} holds task {cell['task']!r}, expected {task!r}")
+        ids = table.column("sample_id").to_pylist()
+        for i in ids:
+            key = (cell["method"], cell["ratio"], i)
+            if key in seen:
+                raise RuntimeError(f"sample {i} of {cell['method']}@{cell['ratio']} appears twice ({path})")
+            seen.add(key)
+        scores = [float(cls.score(p, gold[i])) for i, p in zip(ids, table.column("prediction").to_pylist())]
+        n = table.num_rows
+        table = table.append_column("method", pa.array([cell["method"]] * n, pa.string()))
+        table = table.append_column("ratio", pa.array([float(cell["ratio"])] * n, pa.float64()))
+        tables.append(table.append_column("score", pa.array(scores, pa.float64())))
+    return pa.concat_tables(tables, promote_options="default").sort_by(
+        [("method", "ascending"), ("ratio", "ascending"), ("sample_id", "ascending")])
 
 
 def main(argv=None) -> None:
-    from .io import read_metadata, write_parquet
+    from .io import write_parquet
     from .provenance import provenance
 
     ap = argparse.ArgumentParser()
@@ -39,12 +57,9 @@ def main(argv=None) -> None:
     ap.add_argument("preds", nargs="+")
     a = ap.parse_args(argv)
     spec = ast.literal_eval(a.spec)
-    table = score_cell(spec["task"], a.data, a.preds)
-    cell = dict(read_metadata(a.preds[0]).get("cell", {}))
-    cell.pop("samples", None)
-    cell.pop("shard", None)
-    write_parquet(table, a.out, {"cell": cell, "score": spec, "provenance": provenance()})
-    print(f"scored {table.num_rows} samples -> {a.out}")
+    table = score_group(spec["task"], a.data, a.preds)
+    write_parquet(table, a.out, {"score": spec, "provenance": provenance()})
+    print(f"scored {table.num_rows} predictions -> {a.out}")
 
 
 if __name__ == "__main__":
