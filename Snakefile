@@ -18,6 +18,9 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "rules/report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/models.smk"
 include: "rules/data.smk"
@@ -25,6 +28,7 @@ include: "rules/infer.smk"
 include: "rules/score.smk"
 include: "rules/aggregate.smk"
 include: "rules/charts.smk"
+include: "rules/analysis.smk"
 
 
 rule all:
@@ -33,3 +37,5 @@ rule all:
         AGG_DB,
         AGG_SUMMARY,
         CHARTS,
+        ANALYSIS_CHARTS,
+        ANALYSIS_TABLES,

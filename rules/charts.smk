@@ -8,7 +8,8 @@ rule chart_score_vs_ratio:
         AGG_SUMMARY,
     output:
         html="results/charts/score_vs_ratio.html",
-        png="results/charts/score_vs_ratio.png",
+        png=report("results/charts/score_vs_ratio.png", caption="report/score_vs_ratio.rst",
+                   category="5. Per-task comparison", labels={"chart": "score_vs_ratio"}),
     run:
         from workflow_scripts.charts import score_vs_ratio
 

@@ -36,3 +36,100 @@ def score_vs_ratio(summary_path: str, html_path: str, png_path: str) -> None:
         row=alt.Row("task:N", title="task"), column=alt.Column("length:N", title="prompt length (tokens)"),
     ).properties(title="Score vs compression ratio (mean ± standard error)")
     save_chart(chart, html_path, png_path)
+
+
+METRICS = {
+    # chart name -> (metric per phase, title, axis titles per phase)
+    "isoflops": ({"prefill": "flops", "decode": "flops"}, "isoFLOPS (paper v1): score vs FLOPs, batch 1",
+                 {"prefill": "prefill FLOPs (log)", "decode": "decode FLOPs per token (log)"}),
+    "isocost": ({"prefill": "flops", "decode": "memory"}, "isoCost (paper v3): score vs FLOPs / memory transfers",
+                {"prefill": "prefill FLOPs (log)", "decode": "decode memory / token, elements (log)"}),
+    "isotime": ({"prefill": "time", "decode": "time"}, "isoTime: score vs measured wall-clock",
+                {"prefill": "prefill time, ms (log)", "decode": "decode time per token, ms (log)"}),
+}
+
+
+def iso_chart(points_path: str, kind: str, html_path: str, png_path: str) -> None:
+    """One panel per (phase, length): a point per (model, ratio), colour = compression, Pareto frontier line."""
+    import altair as alt
+    import pandas as pd
+
+    metric_of, title, x_titles = METRICS[kind]
+    pts = pd.read_parquet(points_path)
+    panels = []
+    for phase in ("prefill", "decode"):
+        df = pts[(pts["phase"] == phase) & (pts["metric"] == metric_of[phase])].copy()
+        if df.empty:
+            continue
+        df = df[df["cost"] > 0]
+        base = alt.Chart(df).encode(
+            x=alt.X("cost:Q", scale=alt.Scale(type="log"), title=x_titles[phase], axis=alt.Axis(format="~s")),
+            y=alt.Y("score:Q", title="mean score over tasks", scale=alt.Scale(domain=[0, 1])),
+        )
+        points = base.mark_point(filled=True, size=70).encode(
+            color=alt.Color("ratio:Q", scale=alt.Scale(type="log", scheme="viridis"), title="compression"),
+            shape=alt.Shape("model:N", title="model"),
+            tooltip=["model", "method", "ratio", "length", alt.Tooltip("score:Q", format=".3f"),
+                     alt.Tooltip("cost:Q", format=".3g"), "on_frontier"],
+        )
+        frontier = base.transform_filter("datum.on_frontier").mark_line(color="black", strokeDash=[4, 2]).encode(
+            order="cost:Q")
+        panels.append(alt.layer(points, frontier).properties(width=240, height=180).facet(
+            column=alt.Column("length:O", title=f"{phase} — prompt length (tokens)")))
+    if not panels:
+        return _empty_chart(f"{title}: no sparse method in this study", html_path, png_path)
+    chart = alt.vconcat(*panels).properties(title=title + " (dashed: Pareto frontier)")
+    save_chart(chart, html_path, png_path)
+
+
+def max_ratio_chart(summary_path: str, html_path: str, png_path: str) -> None:
+    """Paper Fig. 3: max compression with statistically guaranteed retention; a point per task, mean ± SD."""
+    import altair as alt
+    import pandas as pd
+
+    df = pd.read_parquet(summary_path)
+    if df.empty:
+        return _empty_chart("max retained compression: no sparse method in this study", html_path, png_path)
+    base = alt.Chart(df).encode(x=alt.X("model:N", title="model"))
+    points = base.mark_circle(size=50, opacity=0.7).encode(
+        y=alt.Y("max_ratio:Q", title="max compression with retention (×)"),
+        color=alt.Color("task:N", title="task"),
+        xOffset=alt.XOffset("task:N"),
+        tooltip=["model", "task", "length", "method", "max_ratio", "first_failed_ratio"],
+    )
+    mean = base.mark_tick(color="black", thickness=2, size=30).encode(y="mean(max_ratio):Q")
+    spread = base.mark_errorbar(extent="stdev", color="black").encode(y="max_ratio:Q")
+    alpha, eps = float(df["alpha"].iloc[0]), float(df["eps"].iloc[0])
+    chart = alt.layer(points, spread, mean).properties(width=200, height=180).facet(
+        column=alt.Column("method:N", title="method"), row=alt.Row("length:O", title="prompt length"),
+    ).properties(title=f"Maximum compression with retention (fixed-sequence test, α={alpha}, ε={eps}); "
+                       "tick = mean over tasks, bar = SD")
+    save_chart(chart, html_path, png_path)
+
+
+def relative_error_chart(path: str, html_path: str, png_path: str) -> None:
+    """Paper v3 Fig. 3: relative error of sparse vs dense at a fixed compression, by prompt length."""
+    import altair as alt
+    import pandas as pd
+
+    df = pd.read_parquet(path)
+    if df.empty:
+        return _empty_chart("relative error vs length: no sparse method in this study", html_path, png_path)
+    ratio = df["ratio"].iloc[0]
+    chart = alt.Chart(df).mark_line(point=True).encode(
+        x=alt.X("length:Q", scale=alt.Scale(type="log", base=2), title="prompt length (tokens, log)"),
+        y=alt.Y("relative_error:Q", title="(dense − sparse) / dense"),
+        color=alt.Color("method:N", title="method"),
+        tooltip=["length", "method", alt.Tooltip("relative_error:Q", format=".3f")],
+    ).properties(width=360, height=220,
+                 title=f"Relative error at {ratio:g}× compression vs prompt length (pooled over models and tasks)")
+    save_chart(chart, html_path, png_path)
+
+
+def _empty_chart(message: str, html_path: str, png_path: str) -> None:
+    import altair as alt
+    import pandas as pd
+
+    chart = alt.Chart(pd.DataFrame({"msg": [message]})).mark_text(size=14).encode(text="msg:N").properties(
+        width=500, height=60, title=message)
+    save_chart(chart, html_path, png_path)

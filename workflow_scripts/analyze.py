@@ -1,0 +1,211 @@
+"""Drivers of the analysis rules: read the aggregated tables, call ``workflow_scripts.analysis``, write parquet.
+
+Each function takes paths (so a rule stays a one-liner) and writes its outputs atomically. Charts are drawn by
+``workflow_scripts.charts`` from these tables. Settings come from the study config's ``analysis`` section
+(defaults in ``DEFAULTS``; documented in docs/analysis.md).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+DEFAULTS = {
+    "alpha": 0.05,            # family-wise error of the retention test (fixed-sequence testing)
+    "eps": 0.10,              # tolerated drop in mean score (absolute) before "retention" fails
+    "index_dim": "hidden",    # Eq. 9/10 as written (d); "head" uses d_h
+    "quest_index_dim": "head",  # Eq. 10 with d would make Quest cost more than dense (docs/analysis.md)
+    "fixed_ratio": 20.0,      # compression at which the sequence-length analysis compares (paper: 1/20 budget)
+}
+
+
+def settings(config: dict | None) -> dict:
+    return {**DEFAULTS, **((config or {}).get("analysis") or {})}
+
+
+def _write(df, path: str) -> None:
+    import pyarrow as pa
+
+    from .io import write_parquet
+
+    write_parquet(pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False), path)
+
+
+def count_parameters(model_dir: str | Path) -> int | None:
+    """Exact parameter count from safetensors headers (no weights loaded); None without safetensors files."""
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for f in files:
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        for name, entry in header.items():
+            if name != "__metadata__":
+                count = 1
+                for s in entry["shape"]:
+                    count *= s
+                total += count
+    return total
+
+
+def model_table(models: dict[str, str], out: str) -> None:
+    """models: name -> checkpoint dir. Writes dims (from config.json) and exact parameter counts."""
+    import pandas as pd
+
+    from .analysis.cost import ModelDims
+
+    rows = []
+    for name, path in models.items():
+        n = count_parameters(path)
+        dims = ModelDims.from_hf_config(path, name=name, n_params=n)
+        rows.append({"model": name, "path": str(path), "n_params": float(dims.params),
+                     "n_params_exact": n is not None, **{k: v for k, v in dims.to_dict().items()
+                                                          if k not in ("name", "n_params")}})
+    _write(pd.DataFrame(rows), out)
+
+
+def _dims(models_path: str) -> dict:
+    import pandas as pd
+
+    from .analysis.cost import ModelDims
+
+    ints = ("n_layers", "n_heads", "n_kv_heads", "hidden_size", "intermediate_size", "vocab_size", "head_dim")
+    out = {}
+    for rec in pd.read_parquet(models_path).to_dict("records"):
+        fields = {k: int(rec[k]) for k in ints}
+        fields.update({k: bool(rec[k]) for k in ("tie_word_embeddings", "qkv_bias") if k in rec})
+        out[rec["model"]] = ModelDims(name=rec["model"], n_params=float(rec["n_params"]), **fields)
+    return out
+
+
+def _single_method_rows(summary):
+    """Combined prefill+decode cells (``a+b``) have no single phase; the paper's analyses use single methods."""
+    return summary[~summary["method"].str.contains("+", regex=False)]
+
+
+def isocost(summary_path: str, models_path: str, config: dict, out: str) -> None:
+    """isoFLOPS (v1: FLOPs in both phases), isoCost (v3: FLOPs prefill, memory decode) and isoTime points.
+
+    One point per (phase, metric, model, length, method, ratio), y = mean score over tasks; ``on_frontier``
+    marks the Pareto frontier within (phase, metric, length).
+    """
+    import pandas as pd
+
+    from .analysis import DECODE_METHODS, PREFILL_METHODS
+    from .analysis.pareto import isocost_points, pareto_frontier
+
+    s = settings(config)
+    summary = _single_method_rows(pd.read_parquet(summary_path))
+    dims = _dims(models_path)
+    kw = {"index_dim": s["index_dim"], "quest_index_dim": s["quest_index_dim"]}
+    frames = []
+    present = set(summary["method"])
+    for phase, methods in (("prefill", PREFILL_METHODS), ("decode", DECODE_METHODS)):
+        methods = [m for m in methods if m in present]
+        if not methods:
+            continue
+        metrics = [("flops", {})] if phase == "prefill" else [("memory", {}), ("flops", {"decode_metric": "flops"})]
+        for metric, extra in metrics:
+            pts = isocost_points(summary, dims, phase, methods=methods, **kw, **extra)
+            pts["phase"], pts["metric"] = phase, metric
+            frames.append(pts)
+        # isoTime: measured wall clock of the phase (mean over tasks of the per-cell means)
+        col = "mean_prefill_ms" if phase == "prefill" else "mean_decode_ms_per_token"
+        sub = summary[summary["method"].isin(["dense", *methods])]
+        t = (sub.groupby(["model", "length", "method", "ratio"])
+             .agg(n_tasks=("task", "nunique"), score=("mean", "mean"), cost=(col, "mean")).reset_index())
+        t["se"] = float("nan")
+        t["cost_unit"] = "ms" if phase == "prefill" else "ms/token"
+        t["n_params"] = t["model"].map(lambda m: float(dims[m].params))
+        t["phase"], t["metric"] = phase, "time"
+        frames.append(t.dropna(subset=["cost"]))
+    if not frames:   # dense-only study: nothing to compare; charts say so
+        frames = [pd.DataFrame(columns=["model", "length", "method", "ratio", "n_tasks", "score", "se", "cost",
+                                        "cost_unit", "n_params", "phase", "metric"])]
+    pts = pd.concat(frames, ignore_index=True)
+    res = pareto_frontier(pts, cost="cost", score="score", by=["phase", "metric", "length"])
+    _write(res.points, out)
+
+
+def significance(samples_path: str, config: dict, out_detail: str, out_summary: str) -> None:
+    import pandas as pd
+
+    from .analysis.significance import max_retained_ratio
+
+    s = settings(config)
+    samples = _single_method_rows(pd.read_parquet(samples_path))
+    res = max_retained_ratio(samples, alpha=s["alpha"], eps=s["eps"])
+    _write(res.detail, out_detail)
+    _write(res.summary, out_summary)
+
+
+def scaling(summary_path: str, models_path: str, out_table3: str, out_table4: str, out_table7: str,
+            out_md: str) -> None:
+    """Scaling-law fits per phase, validated by holding out the largest value of each axis in turn.
+
+    Axes with too few distinct values are refused with the reason written into the tables and the markdown
+    (the rule never fails for a small study).
+    """
+    import pandas as pd
+
+    from .analysis.scaling import scaling_cells, validate_scaling_law, wide_by_task
+    from .io import atomic_path
+
+    summary = _single_method_rows(pd.read_parquet(summary_path))
+    n_params = {m: d.params for m, d in _dims(models_path).items()}
+    t3, t4, t7, lines = [], [], [], ["# Scaling-law fits", ""]
+    for phase in ("prefill", "decode"):
+        cells = scaling_cells(summary, n_params, phase)
+        lines.append(f"## {phase}")
+        if cells.empty or cells["method"].nunique() < 2:
+            msg = f"refused: no {phase} method besides dense in this study"
+            t3.append(pd.DataFrame([{"phase": phase, "held_out": None, "status": msg}]))
+            lines += [msg, ""]
+            continue
+        for axis in ("length", "model_size", "compression"):
+            try:
+                v = validate_scaling_law(cells, phase=phase, axes=(axis,))
+            except ValueError as err:
+                msg = f"refused: {err}"
+                t3.append(pd.DataFrame([{"phase": phase, "held_out": axis, "status": msg}]))
+                lines += [f"- held-out {axis}: {msg}"]
+                continue
+            t3.append(v.table3.assign(status="ok"))
+            t4.append(v.table4)
+            t7.append(v.table7)
+            row = v.table3.iloc[0]
+            lines.append(f"- held-out {axis}: R² = {row['r2']:.3f}, alpha(ln N) = {row['alpha']:.3f}, "
+                         f"beta(ln L) = {row['beta']:.3f}, gamma(ln CR) = {row['gamma']:.3f}")
+        lines.append("")
+    table3 = pd.concat(t3, ignore_index=True)
+    table4 = pd.concat(t4, ignore_index=True) if t4 else pd.DataFrame(columns=["phase", "held_out", "task"])
+    table7 = pd.concat(t7, ignore_index=True) if t7 else pd.DataFrame(columns=["phase", "held_out", "task"])
+    if t4:
+        lines += ["## Spearman rho (held-out cells)", "",
+                  wide_by_task(table4, "spearman_rho").to_markdown(index=False, floatfmt=".2f"), "",
+                  "## MAE (held-out cells)", "",
+                  wide_by_task(table7, "mae").to_markdown(index=False, floatfmt=".2f"), ""]
+    _write(table3, out_table3)
+    _write(table4, out_table4)
+    _write(table7, out_table7)
+    with atomic_path(out_md) as tmp:
+        Path(tmp).write_text("\n".join(lines) + "\n")
+
+
+def relative_error(summary_path: str, config: dict, out: str) -> None:
+    """Relative error of sparse vs dense at a fixed compression ratio, per length and method (v3 Fig. 3)."""
+    import pandas as pd
+
+    from .analysis.tables import relative_error_by_length
+
+    s = settings(config)
+    summary = _single_method_rows(pd.read_parquet(summary_path))
+    sparse = [m for m in summary["method"].unique() if m != "dense"]
+    if not sparse:
+        df = pd.DataFrame(columns=["length", "method", "ratio", "relative_error"])
+    else:
+        df = relative_error_by_length(summary, ratio=s["fixed_ratio"], by=("length", "method"))
+    _write(df, out)
