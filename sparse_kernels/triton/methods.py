@@ -1,0 +1,135 @@
+"""GPU versions of the methods' selection steps, as drop-in method objects.
+
+:func:`accelerate` returns an object that behaves like the given method (same attributes, ``phase``,
+budgets) but runs the selection-side work with the Triton helpers:
+
+* Quest: ``select(state, q)`` -> :func:`~.quest.quest_select` (page bounds kernel + ``torch.topk``, no host
+  sync);
+* SnapKV / Ada-SnapKV: ``compress(q, k, key_padding_mask, scale)`` -> :func:`~.snapkv.snapkv_compress`
+  (window scoring without materialising the [g, w, n] probabilities);
+* Vertical-Slash / FlexPrefill: the estimation stays the method's torch code, but the block index that the
+  paper's sparsity (``block_granular_sparsity``) and ``density_computed`` need is built by the GPU index
+  kernel (:func:`~.vertical_slash.vs_layout`) instead of the reference builder (a Python loop over the slash
+  count), and the layout is attached to the selection so the Triton executor reuses it;
+* Block-Sparse: unchanged (its selection is already batched torch code).
+
+The selections are the same objects the reference methods return (up to fp32 ties in the scores).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..selection import VerticalSlashSelection, VSBlockIndex, pad_stack
+
+
+def vs_block_index_from_layout(layout, b: int, n: int) -> VSBlockIndex:
+    """Reference-format :class:`VSBlockIndex` of batch row ``b`` (length ``n``) from a V-S TileLayout:
+    consecutive tiles are merged back into ranges (ranges never touch, so this is exact)."""
+    bs = layout.block_m
+    nqb = max(1, -(-n // bs)) if n > 0 else 0
+    st = layout.starts[b, :, :nqb].long()  # [H, nqb, T]
+    cnt = layout.counts[b, :, :nqb].long()
+    H, _, T = st.shape
+    i = torch.arange(T, device=st.device).view(1, 1, -1)
+    valid = i < cnt.unsqueeze(-1)
+    prev = torch.cat([torch.full_like(st[..., :1], -(1 << 40)), st[..., :-1]], -1)
+    new = valid & (st != prev + bs)
+    rid = torch.cumsum(new.long(), -1) - 1
+    rcount = new.sum(-1)
+    R = max(int(rcount.max()) if rcount.numel() else 0, 1)
+    slot = torch.where(valid, rid, torch.full_like(rid, R)).clamp(max=R)
+    rs = torch.full((H, nqb, R + 1), -1, dtype=torch.long, device=st.device)
+    rs.scatter_(2, torch.where(new, slot, torch.full_like(slot, R)), torch.where(new, st, torch.full_like(st, -1)))
+    re = torch.full((H, nqb, R + 1), -1, dtype=torch.long, device=st.device)
+    re.scatter_reduce_(2, slot, torch.where(valid, st + bs, torch.full_like(st, -1)), reduce="amax")
+    ccnt = layout.column_counts[b, :, :nqb].long()
+    C = max(int(ccnt.max()) if ccnt.numel() else 0, 1)
+    cols = layout.columns[b, :, :nqb, :C].long()
+    return VSBlockIndex(bs, rs[..., :R].contiguous(), re[..., :R].contiguous(), rcount, cols.contiguous(), ccnt)
+
+
+def _attach_gpu_index(sel: VerticalSlashSelection) -> VerticalSlashSelection:
+    from .vertical_slash import vs_layout
+
+    lay = vs_layout(sel)
+    sel._triton_layout = lay
+    lens = sel.seq_lens.tolist()
+    for b, n in enumerate(lens):
+        sel._index_cache[b] = vs_block_index_from_layout(lay, b, int(n))
+    return sel
+
+
+class _Proxy:
+    def __init__(self, method):
+        self._method = method
+
+    def __getattr__(self, name):
+        return getattr(self._method, name)
+
+    def __repr__(self):
+        return f"accelerated({self._method!r})"
+
+
+class QuestGPU(_Proxy):
+    def select(self, state, q):
+        from .quest import quest_select
+
+        return quest_select(self._method, state, q)
+
+    def attend(self, q, k, v, state, scale=None):
+        from .quest import quest_attention
+
+        sel = self.select(state, q)
+        return quest_attention(q, k, v, sel, scale), sel
+
+    __call__ = attend
+
+
+class SnapKVGPU(_Proxy):
+    def compress(self, q, k, key_padding_mask=None, scale=None):
+        from .snapkv import snapkv_compress
+
+        return snapkv_compress(self._method, q, k, key_padding_mask, scale)
+
+
+def _vs_class(base):
+    class VSGPU(base):
+        """``base`` with the block index built on the GPU (see module docstring)."""
+
+        def _assemble(self, parts, lens, off, L):
+            sel = VerticalSlashSelection(
+                vertical_idx=pad_stack([p[0] for p in parts]), vertical_counts=torch.stack([p[2] for p in parts]),
+                slash_offsets=pad_stack([p[1] for p in parts]), slash_counts=torch.stack([p[3] for p in parts]),
+                seq_lens=lens, pad_offsets=off, length=L, block_size=self.block_size)
+            _attach_gpu_index(sel)
+            sel.paper_sparsity = sel.block_granular_sparsity()
+            return sel
+
+    VSGPU.__name__ = base.__name__ + "GPU"
+    return VSGPU
+
+
+def accelerate(method):
+    """A method object whose selection runs on the GPU helpers (see the module docstring); methods without a
+    GPU path are returned unchanged."""
+    from ..methods.ada_snapkv import AdaSnapKV  # noqa: F401  (SnapKV subclass)
+    from ..methods.quest import Quest
+    from ..methods.snapkv import SnapKV
+    from ..methods.vertical_slash import _VSBase
+
+    if isinstance(method, _Proxy):
+        return method
+    if isinstance(method, Quest):
+        return QuestGPU(method)
+    if isinstance(method, SnapKV):
+        return SnapKVGPU(method)
+    if isinstance(method, _VSBase) and hasattr(type(method), "_assemble"):
+        cls = _vs_class(type(method))
+        obj = cls.__new__(cls)
+        obj.__dict__.update(method.__dict__)
+        return obj
+    return method
+
+
+__all__ = ["accelerate", "vs_block_index_from_layout", "QuestGPU", "SnapKVGPU"]

@@ -1,0 +1,192 @@
+"""Quest decode on the GPU: page upper bounds, top-k page selection and attention over the chosen pages.
+
+* :func:`page_bounds` — one Triton program per (batch row, kv head, page tile) computes
+  ``sum_d max(q_d min_d, q_d max_d)`` for every q head of the group as two tensor-core products,
+  ``q+ . max + q- . min`` (q+ = max(q, 0), q- = min(q, 0); equal term by term), optionally summed over the
+  group (``share_pages``). Empty pages get -inf.
+* :func:`quest_select` — the same choice as :meth:`sparse_kernels.methods.Quest.select` (top T/p complete
+  earlier pages + the page of the newest token) with ``torch.topk`` on static shapes: no host sync.
+* :func:`quest_attention` — decode attention over a :class:`~sparse_kernels.selection.QuestSelection`.
+  Shared selections read one page list per GQA group; per-q-head selections are merged per group into the
+  union of pages plus a bitmap of the heads that chose each page, so a page is read once per group.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..selection import QuestSelection
+from ._common import check_gqa, compute_dtype, dot_precision, i32, next_pow2
+from .decode import gathered_decode
+
+
+@triton.jit
+def _page_bounds_kernel(Q, PMIN, PMAX, OUT,
+                        stride_qb, stride_qh, stride_qd,
+                        stride_nb, stride_nh, stride_np, stride_nd,
+                        stride_xb, stride_xh, stride_xp, stride_xd,
+                        stride_ob, stride_oh, stride_op,
+                        Hkv, GROUPS, P, D,
+                        BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+                        SHARED: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr):
+    pt = tl.program_id(0)
+    pid_bg = tl.program_id(1)
+    b = pid_bg // Hkv
+    g = pid_bg % Hkv
+    b64 = b.to(tl.int64)
+    offs_p = pt * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_r = tl.arange(0, BLOCK_R)
+    offs_d = tl.arange(0, BLOCK_D)
+    p_ok = offs_p < P
+    d_ok = offs_d < D
+    r_ok = offs_r < GROUPS
+    qh = g * GROUPS + offs_r
+    q = tl.load(Q + b64 * stride_qb + qh.to(tl.int64)[:, None] * stride_qh + offs_d[None, :] * stride_qd,
+                mask=r_ok[:, None] & d_ok[None, :], other=0.0)
+    pm = p_ok[:, None] & d_ok[None, :]
+    mn = tl.load(PMIN + b64 * stride_nb + g.to(tl.int64) * stride_nh + offs_p.to(tl.int64)[:, None] * stride_np
+                 + offs_d[None, :] * stride_nd, mask=pm, other=0.0)
+    mx = tl.load(PMAX + b64 * stride_xb + g.to(tl.int64) * stride_xh + offs_p.to(tl.int64)[:, None] * stride_xp
+                 + offs_d[None, :] * stride_xd, mask=pm, other=0.0)
+    # empty page: min = +inf (its first element is enough, as in the reference)
+    first = tl.load(PMIN + b64 * stride_nb + g.to(tl.int64) * stride_nh + offs_p.to(tl.int64) * stride_np,
+                    mask=p_ok, other=0.0).to(tl.float32)
+    empty = first == float("inf")
+    mn = tl.where(empty[:, None], tl.zeros_like(mn), mn)
+    mx = tl.where(empty[:, None], tl.zeros_like(mx), mx)
+    zero = tl.zeros_like(q)
+    qpos = tl.maximum(q, zero).to(q.dtype)  # q+ and q- stay in q's dtype for tl.dot
+    qneg = tl.minimum(q, zero).to(q.dtype)
+    if USE_DOT:
+        bound = tl.dot(qpos, tl.trans(mx.to(q.dtype)), input_precision=PREC)
+        bound = tl.dot(qneg, tl.trans(mn.to(q.dtype)), bound, input_precision=PREC)
+    else:
+        qf = q.to(tl.float32)
+        bound = tl.sum(tl.maximum(qf[:, None, :] * mn[None, :, :].to(tl.float32),
+                                  qf[:, None, :] * mx[None, :, :].to(tl.float32)), 2)
+    if SHARED:
+        tot = tl.sum(tl.where(r_ok[:, None], bound, 0.0), 0)
+        bound = tl.broadcast_to(tot[None, :], (BLOCK_R, BLOCK_P))
+    bound = tl.where(empty[None, :], float("-inf"), bound)
+    tl.store(OUT + b64 * stride_ob + qh.to(tl.int64)[:, None] * stride_oh + offs_p[None, :] * stride_op, bound,
+             mask=r_ok[:, None] & p_ok[None, :])
+
+
+def block_p_for(dtype) -> int:
+    """Pages per program: fp32 summaries (ieee products on CUDA cores) spill registers at 64."""
+    return 32 if dtype in (torch.float32, "fp32") else 64
+
+
+def page_bounds(page_min: torch.Tensor, page_max: torch.Tensor, q: torch.Tensor, share_pages: bool = False,
+                block_p: int | None = None) -> torch.Tensor:
+    """Upper bounds [B, H, P] (fp32) of q . k per page; q [B, H, 1, D] or [B, H, D]; page_min / page_max
+    [B, Hkv, P, D] in any float dtype (the key dtype holds them exactly and halves the bytes read)."""
+    if q.dim() == 4:
+        q = q[:, :, -1]
+    B, H, D = q.shape
+    Hkv, P = page_min.shape[1], page_min.shape[2]
+    if H % Hkv:
+        raise ValueError("q heads must be a multiple of kv heads")
+    g = H // Hkv
+    out = torch.empty(B, H, P, dtype=torch.float32, device=q.device)
+    # fp32 summaries (QuestState's) -> fp32 ieee products; key-dtype summaries -> tensor cores in that dtype
+    # (bf16 x bf16 products are exact in the fp32 accumulator). The interpreter has no bf16 dot: upcast.
+    cdt = torch.float32 if page_min.dtype == torch.float32 else compute_dtype(page_min)
+    qc = q.to(cdt)
+    mn, mx = page_min.to(cdt), page_max.to(cdt)
+    pdt = cdt
+    block_p = block_p_for(cdt) if block_p is None else int(block_p)
+    use_dot = q.is_cuda
+    block_r = max(16, next_pow2(g))
+    _page_bounds_kernel[(triton.cdiv(max(P, 1), block_p), B * Hkv)](
+        qc, mn, mx, out, *qc.stride(), *mn.stride(), *mx.stride(), *out.stride(),
+        Hkv, g, P, D, BLOCK_P=block_p, BLOCK_R=block_r, BLOCK_D=max(16, next_pow2(D)), SHARED=bool(share_pages),
+        USE_DOT=use_dot, PREC=dot_precision(pdt), num_warps=4)
+    return out
+
+
+def quest_select(quest, state, q: torch.Tensor, bounds: torch.Tensor | None = None) -> QuestSelection:
+    """GPU version of ``quest.select(state, q)`` (same pages up to ties in the bounds). No host sync
+    (``state.token_budget`` lives on the host); CUDA-graph capturable when all rows share one budget."""
+    if bounds is None:
+        bounds = page_bounds(state.page_min, state.page_max, q, quest.share_pages)
+    B, H, P = bounds.shape
+    p = state.page_size
+    dev = bounds.device
+    n_hist = (state.token_budget.to(torch.long) // p).clamp(min=0)
+    kmax = int(min(int(n_hist.max()) if B else 0, P))
+    seq = state.seq_lens.to(dev)
+    cur = ((seq - 1) // p).clamp(min=0)  # [B] page of the newest token
+    pid = torch.arange(P, device=dev).view(1, 1, -1)
+    cand = bounds.masked_fill(pid >= cur.view(B, 1, 1), float("-inf"))
+    if kmax > 0:
+        val, idx = torch.topk(cand, kmax, dim=-1)
+        ok = val > float("-inf")
+        if int(n_hist.min()) != kmax:  # rows with smaller budgets (host tensor: no device sync)
+            rank = torch.arange(kmax, device=dev).view(1, 1, -1)
+            ok = ok & (rank < n_hist.to(dev).view(B, 1, 1))
+        big = torch.iinfo(torch.long).max
+        idx = torch.where(ok, idx, torch.full_like(idx, big)).sort(-1).values
+        idx = torch.where(idx == big, torch.full_like(idx, -1), idx)
+        nsel = ok.sum(-1)
+    else:
+        idx = torch.empty(B, H, 0, dtype=torch.long, device=dev)
+        nsel = torch.zeros(B, H, dtype=torch.long, device=dev)
+    pages = torch.cat([idx, torch.full((B, H, 1), -1, dtype=torch.long, device=dev)], -1)
+    pages.scatter_(2, nsel.unsqueeze(-1), cur.view(B, 1, 1).expand(B, H, 1))
+    sps = state.paper_sparsity.view(B, 1).expand(B, H).clone()
+    return QuestSelection(page_size=p, pages=pages, counts=nsel + 1, seq_lens=seq.clone(),
+                          pad_offsets=state.pad_offsets, length=state.length, paper_sparsity=sps,
+                          shared=quest.share_pages)
+
+
+def group_union(pages: torch.Tensor, counts: torch.Tensor, num_kv_heads: int, num_pages: int | None = None):
+    """Merge per-q-head page lists [B, H, P] into per-group lists: (pages [B, Hkv, W] ascending, -1 padded,
+    counts [B, Hkv], bits [B, Hkv, W] int32 with bit j set when head j of the group chose the page).
+    Static shapes, no host sync; ``num_pages`` bounds the page ids (default: from the tensor width is not
+    possible without a sync, so pass it; the cache length / page size)."""
+    B, H, P = pages.shape
+    g = H // num_kv_heads
+    dev = pages.device
+    valid = (torch.arange(P, device=dev).view(1, 1, -1) < counts.view(B, H, 1)) & (pages >= 0)
+    NP = int(num_pages)
+    bm = torch.zeros(B, num_kv_heads, NP + 1, dtype=torch.int32, device=dev)
+    hb = (torch.ones(1, dtype=torch.int32, device=dev) << torch.arange(g, device=dev, dtype=torch.int32))
+    hb = hb.repeat(num_kv_heads).view(1, H, 1).expand(B, H, P)
+    tgt = torch.where(valid, pages.long(), torch.full_like(pages.long(), NP)).view(B, num_kv_heads, g * P)
+    bm.scatter_add_(2, tgt, torch.where(valid, hb, torch.zeros_like(hb)).reshape(B, num_kv_heads, g * P))
+    bm = bm[..., :NP]
+    nz = bm != 0
+    W = max(1, min(NP, g * P))
+    pos = torch.cumsum(nz, -1, dtype=torch.int32) - 1
+    idx = torch.where(nz, pos, torch.full_like(pos, W)).long()
+    ids = torch.arange(NP, device=dev, dtype=torch.int32).view(1, 1, -1).expand(B, num_kv_heads, NP)
+    out = torch.full((B, num_kv_heads, W + 1), -1, dtype=torch.int32, device=dev)
+    out.scatter_(2, idx, ids)
+    bits = torch.zeros(B, num_kv_heads, W + 1, dtype=torch.int32, device=dev)
+    bits.scatter_(2, idx, bm)
+    return out[..., :W].contiguous(), nz.sum(-1, dtype=torch.int32), bits[..., :W].contiguous()
+
+
+def quest_attention(q, k, v, selection: QuestSelection, scale=None, **kw):
+    """One decode step q [B, H, 1, D] over the selected pages of the full cache k, v [B, Hkv, Lk, D]."""
+    if k.shape[2] != selection.length:
+        raise ValueError("cache length does not match the selection")
+    B, H = q.shape[0], q.shape[1]
+    Hkv = k.shape[1]
+    check_gqa(q, k)
+    p = selection.page_size
+    if selection.shared or H == Hkv:
+        g = H // Hkv
+        pages, counts = selection.pages[:, ::g], selection.counts[:, ::g]
+        bits = None
+    else:
+        num_pages = -(-selection.length // p)
+        pages, counts, bits = group_union(selection.pages, selection.counts, Hkv, num_pages)
+    return gathered_decode(q, k, v, pages=pages, counts=counts, page_size=p, page_bits=bits,
+                           pad_offsets=selection.pad_offsets, page_limit=selection.seq_lens, scale=scale, **kw)
+
+
+__all__ = ["page_bounds", "quest_select", "group_union", "quest_attention"]
