@@ -7,6 +7,14 @@ import importlib
 # task name -> "module:Class"
 TASKS: dict[str, str] = {
     "ruler_niah": "workflow_scripts.tasks.niah:NIAH",
+    "ruler_vt": "workflow_scripts.tasks.vt:VariableTracking",
+    "ruler_cwe": "workflow_scripts.tasks.cwe:CommonWords",
+    "qa_squad": "workflow_scripts.tasks.qa:SquadQA",
+    "qa_quality": "workflow_scripts.tasks.qa:QualityQA",
+    "qa_toefl": "workflow_scripts.tasks.qa:ToeflQA",
+    "story_retrieval": "workflow_scripts.tasks.story:StoryRetrieval",
+    "story_multihop": "workflow_scripts.tasks.story:StoryMultiHop",
+    "story_filtering": "workflow_scripts.tasks.story:StoryFiltering",
 }
 
 PROMPT_MODES = ("cot", "direct")

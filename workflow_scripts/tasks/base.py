@@ -8,8 +8,12 @@ tokenised and corrected until it lands in the window.
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
+import os
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -19,15 +23,43 @@ MIN_FRACTION = 0.95
 
 
 class LengthError(ValueError):
-    """A sample cannot be made to fit the requested length window."""
+    """A sample cannot be made to fit the requested length window.
+
+    ``kind`` says why: ``"fixed"`` (the prompt without filler is already too long), ``"filler"`` (all filler
+    items are not enough), ``"granularity"`` (the items are too coarse to land inside the window) or, for QA,
+    ``"pool"`` (fewer usable questions at this length than the sample id asks for).
+    """
+
+    def __init__(self, message: str, kind: str | None = None):
+        super().__init__(message)
+        self.kind = kind
+
+
+# Approximate GPT-2-style pre-tokenisation: pieces never straddle a boundary of this split in byte-level BPE
+# tokenizers, so summing cached per-piece counts gives a close (for our own BPE tokenizers: exact) estimate.
+_PIECE_RE = re.compile(r"'(?:s|t|re|ve|m|ll|d)| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+")
+
+
+# A cut between a word character and a single space/newline followed by a word character: a pre-token
+# boundary for GPT-2/Qwen/Llama-3-style regex pre-tokenizers. Each cut is still verified before use.
+_CUT = re.compile(r"(?<=\w)[ \n](?=\w)")
+_PARALLEL_PIECES = max(1, min(4, os.cpu_count() or 1))
 
 
 class Renderer:
-    """Applies the chat template of a HF tokenizer and counts tokens (``add_special_tokens=False``)."""
+    """Applies the chat template of a HF tokenizer and counts tokens (``add_special_tokens=False``).
+
+    ``count``/``count_many``/``count_split`` are exact. ``estimate``/``estimate_many`` are fast approximations
+    (sums of cached per-piece counts) used by generators to decide how much filler to take; final prompts are
+    always measured exactly. ``cache`` lets tasks memoise tokenizer-dependent data for the whole job.
+    """
 
     def __init__(self, tokenizer, use_chat_template: bool = True):
         self.tokenizer = tokenizer
         self.use_chat_template = bool(use_chat_template and getattr(tokenizer, "chat_template", None))
+        self._pieces: dict[str, int] = {}
+        self._overhead: int | None = None
+        self.cache: dict = {}        # memo for tasks (e.g. token counts of dataset documents), per tokenizer
 
     def final(self, user_prompt: str) -> str:
         if not self.use_chat_template:
@@ -36,13 +68,97 @@ class Renderer:
             [{"role": "user", "content": user_prompt}], tokenize=False, add_generation_prompt=True
         )
 
+    def _fast_backend(self):
+        """The Rust tokenizer when calling it directly gives exactly what ``tokenizer(texts,
+        add_special_tokens=False)`` gives (no truncation/padding configured, same special-token splitting);
+        ``encode_batch_fast`` skips offset tracking, which roughly halves the time of counting."""
+        bt = getattr(self.tokenizer, "backend_tokenizer", None)
+        if bt is None or not hasattr(bt, "encode_batch_fast"):
+            return None
+        try:
+            if bt.truncation is not None or bt.padding is not None:
+                return None
+            if bt.encode_special_tokens != bool(getattr(self.tokenizer, "split_special_tokens", False)):
+                return None
+        except AttributeError:
+            return None
+        return bt
+
     def count(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self.count_many([text])[0]
 
     def count_many(self, texts: Sequence[str]) -> list[int]:
         if not texts:
             return []
+        bt = self._fast_backend()
+        if bt is not None:
+            return [len(e.ids) for e in bt.encode_batch_fast(list(texts), add_special_tokens=False)]
         return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+    def count_split(self, text: str, min_chars: int = 40000) -> int:
+        """Exact token count of a long text, tokenised in parallel pieces (one per CPU core, at most 4).
+
+        The text is cut between a word character and a single space or newline followed by a word character.
+        A cut is used only if it is additive in this tokenizer on the text around it, for two window sizes:
+        ``count(left + right) == count(left) + count(right)``; a candidate failing that is skipped (a few are
+        tried), and without any usable cut — or for short texts, or without a Rust backend — the text is
+        counted in one piece. Generators use this for their measurements; ``count`` (one piece) stays the
+        reference that ``make_data`` checks every stored prompt with.
+        """
+        bt = self._fast_backend()
+        if bt is None or len(text) < min_chars or _PARALLEL_PIECES < 2:
+            return self.count(text)
+        cuts = []
+        for k in range(1, _PARALLEL_PIECES):
+            start = k * len(text) // _PARALLEL_PIECES
+            for tries, m in enumerate(_CUT.finditer(text, start)):
+                if tries >= 4 or m.start() > start + 5000:
+                    break
+                if self._additive_at(bt, text, m.start()):
+                    cuts.append(m.start())
+                    break
+        if not cuts:
+            return self.count(text)
+        bounds = [0] + cuts + [len(text)]
+        pieces = [text[a:b] for a, b in zip(bounds, bounds[1:])]
+        return sum(len(e.ids) for e in bt.encode_batch_fast(pieces, add_special_tokens=False))
+
+    @staticmethod
+    def _additive_at(bt, text: str, cut: int) -> bool:
+        windows = []
+        for w in (48, 400):
+            left, right = text[max(0, cut - w):cut], text[cut:cut + w]
+            windows += [left + right, left, right]
+        c = [len(e.ids) for e in bt.encode_batch_fast(windows, add_special_tokens=False)]
+        return c[0] == c[1] + c[2] and c[3] == c[4] + c[5]
+
+    # ------------------------------------------------------------------ fast estimates
+    def _learn(self, split: list[list[str]]) -> None:
+        known = self._pieces
+        new = sorted({p for ps in split for p in ps if p not in known})
+        if new:
+            known.update(zip(new, self.count_many(new)))
+
+    def estimate_many(self, texts: Sequence[str]) -> list[int]:
+        """Approximate token counts: sum of cached counts of the pre-tokenisation pieces of each text."""
+        split = [_PIECE_RE.findall(t) for t in texts]
+        self._learn(split)
+        get = self._pieces.__getitem__
+        return [sum(map(get, ps)) for ps in split]
+
+    def estimate(self, text: str) -> int:
+        return self.estimate_many([text])[0]
+
+    def template_overhead(self) -> int:
+        """Tokens the chat template adds around a user prompt (measured once)."""
+        if self._overhead is None:
+            probe = "Hello there."
+            self._overhead = self.count(self.final(probe)) - self.count(probe)
+        return self._overhead
+
+    def estimate_prompt(self, user_prompt: str) -> int:
+        """Approximate token count of ``final(user_prompt)``."""
+        return self.estimate(user_prompt) + self.template_overhead()
 
 
 @dataclass
@@ -65,44 +181,60 @@ class Sample:
         }
 
 
+def window(target: int, min_fraction: float = MIN_FRACTION) -> tuple[int, int]:
+    """The accepted token range ``[low, target]`` of a final prompt."""
+    return math.ceil(min_fraction * target - 1e-9), int(target)
+
+
 def fit_items(
     renderer: Renderer,
     build: Callable[[list[int]], str],
-    item_tokens: Sequence[int],
+    item_tokens: Sequence[float],
     target: int,
     min_fraction: float = MIN_FRACTION,
     swappable: bool = False,
+    fixed_tokens: float | None = None,
 ) -> tuple[list[int], str, int]:
     """Choose filler items so that the final prompt ``renderer.final(build(items))`` fits the length window.
 
-    ``item_tokens[i]`` is the approximate (separator included) token count of filler item ``i``. Items are
-    taken as a prefix ``[0, n)``: cumulative counts jump close to the target, then the final text is measured
-    and ``n`` is corrected (bisection on measured lengths). When the window is narrower than one item
-    (short targets) and ``swappable`` is true, one included item is exchanged for a longer unused one.
+    ``item_tokens[i]`` is the approximate (separator included) token count of filler item ``i``; estimates
+    may be off by a constant factor (it is learnt from the measurements). Items are taken as a prefix
+    ``[0, n)``: cumulative counts jump close to a point just below the target, the final text is measured and
+    ``n`` is corrected (secant steps, then bisection on measured lengths) — typically one or two measurements
+    of the full prompt. When the window is narrower than one item (short targets) and ``swappable`` is true,
+    one included item is exchanged for a longer unused one. ``fixed_tokens``, an estimate of the final prompt
+    without filler, saves measuring that prompt (worth it when the fixed part is large); the fixed part is then
+    measured only if the estimate says it does not fit or the filler prefix collapses to nothing.
     Returns ``(items, final_text, measured_tokens)`` with ``min_fraction*target <= tokens <= target``.
     """
-    cum = [0]
-    for t in item_tokens:
-        cum.append(cum[-1] + t)
+    cum = list(itertools.accumulate(item_tokens, initial=0))
     n_max = len(item_tokens)
-    low = int(min_fraction * target + 0.999999)
-    cache: dict[tuple[int, ...], tuple[str, int]] = {}
+    low, target = window(target, min_fraction)
+    aim = target - (target - low) / 4          # leave room for estimate errors, stay near the top
+    cache: dict[Any, tuple[str, int]] = {}
 
-    def measure(items: list[int]) -> int:
-        key = tuple(items)
+    def measure(key) -> int:                   # key: an int n (prefix) or a tuple of item ids
         if key not in cache:
-            text = renderer.final(build(list(items)))
-            cache[key] = (text, renderer.count(text))
+            items = list(range(key)) if isinstance(key, int) else list(key)
+            text = renderer.final(build(items))
+            cache[key] = (text, renderer.count_split(text))
         return cache[key][1]
 
-    def result(items: list[int]):
-        return list(items), cache[tuple(items)][0], cache[tuple(items)][1]
+    def result(key):
+        items = list(range(key)) if isinstance(key, int) else list(key)
+        return items, cache[key][0], cache[key][1]
 
-    base = measure([])
-    if base > target:
-        raise LengthError(f"the fixed part of the prompt alone has {base} tokens > target {target}")
+    def too_long_fixed(base: int):
+        return LengthError(f"the fixed part of the prompt alone has {base} tokens > target {target}", "fixed")
 
-    def best_n_for(budget: int) -> int:      # largest n with cum[n] <= budget
+    if fixed_tokens is None or fixed_tokens > target:
+        base = measure(0)
+        if base > target:
+            raise too_long_fixed(base)
+    else:
+        base = fixed_tokens
+
+    def best_n_for(budget: float) -> int:      # largest n with cum[n] <= budget
         lo, hi = 0, n_max
         while lo < hi:
             mid = (lo + hi + 1) // 2
@@ -112,42 +244,52 @@ def fit_items(
                 hi = mid - 1
         return lo
 
-    lo, hi = 0, n_max + 1            # prefix lo is known to fit; prefix hi is too long (or past the filler)
-    n = best_n_for(target - base)
+    scale = 1.0                                 # measured tokens per estimated token of filler
+    lo, hi = 0, n_max + 1                       # prefix lo is known to be short; prefix hi is too long
+    n = best_n_for(aim - base)
     while True:
-        tokens = measure(list(range(n)))
+        tokens = measure(n)
         if low <= tokens <= target:
-            return result(list(range(n)))
+            return result(n)
+        if n == 0 and tokens > target:
+            raise too_long_fixed(tokens)
         if tokens > target:
             hi = n
-            guess = best_n_for(cum[n] - (tokens - target))   # drop items covering the excess
         else:
             lo = n
-            guess = best_n_for(cum[n] + (target - tokens))   # add items covering the deficit
         if hi - lo <= 1:
             break
+        if cum[n] > 0 and tokens > base:
+            scale = (tokens - base) / cum[n]
+        guess = best_n_for((aim - base) / scale)
         if not lo < guess < hi:
             guess = (lo + hi) // 2
         n = guess
 
-    have = measure(list(range(lo)))
+    have = measure(lo)
+    if lo == 0 and have > target:
+        raise too_long_fixed(have)
     if lo >= n_max:
         raise LengthError(f"ran out of filler: {have} tokens < {low} ({min_fraction:.0%} of {target}) "
-                          f"with all {n_max} items")
+                          f"with all {n_max} items", "filler")
     if swappable and lo > 0:
         # exchange one included item i for an unused longer item j so the length gains [low-have, target-have]
         need_lo, need_hi = low - have, target - have
-        pairs = sorted(
-            ((item_tokens[j] - item_tokens[i], i, j) for i in range(lo) for j in range(lo, n_max)
-             if need_lo <= item_tokens[j] - item_tokens[i] <= need_hi),
-            key=lambda p: abs(p[0] - (need_lo + need_hi) / 2),
-        )
+        mid = (need_lo + need_hi) / 2
+        pairs = []
+        for i in range(lo):
+            ti = item_tokens[i]
+            for j in range(lo, n_max):
+                d = item_tokens[j] - ti
+                if need_lo <= d <= need_hi:
+                    pairs.append((abs(d - mid), i, j))
+        pairs.sort()
         for _, i, j in pairs[:8]:
-            items = [j if k == i else k for k in range(lo)]
-            if low <= measure(items) <= target:
-                return result(items)
+            key = tuple(j if k == i else k for k in range(lo))
+            if low <= measure(key) <= target:
+                return result(key)
     raise LengthError(f"cannot land within [{low}, {target}] tokens: item granularity too coarse "
-                      f"({have} tokens with {lo} items, too long with {hi})")
+                      f"({have} tokens with {lo} items, too long with {hi})", "granularity")
 
 
 class Task:

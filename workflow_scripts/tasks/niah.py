@@ -24,7 +24,8 @@ _LINE_RE = re.compile(r"^\s*(\d+)\s*[.:)]\s*the answer for\s+(\S+)\s+is\s*:?\s*(
 
 
 def _code(rng: random.Random) -> str:
-    return "-".join("".join(rng.choice(_ALPHABET) for _ in range(8)) for _ in range(4))
+    c = "".join(rng.choices(_ALPHABET, k=32))
+    return f"{c[:8]}-{c[8:16]}-{c[16:24]}-{c[24:]}"
 
 
 def _sentence(key: str, value: str) -> str:
@@ -37,7 +38,7 @@ def _norm(text: str) -> str:
 
 class NIAH(Task):
     name = "ruler_niah"
-    version = "1"
+    version = "2"   # 2: faster code drawing (rng.choices), estimated distractor sizes
     defaults = {"num_needles": 4}
 
     def spec(self, keys: list[str]) -> PromptSpec:
@@ -52,6 +53,14 @@ class NIAH(Task):
                      "Copy keys and values exactly, character by character."),
             multi=True,
         )
+
+    def _mean_tokens(self) -> float:
+        """Mean token count of one distractor sentence (with its separator), measured once per task."""
+        if getattr(self, "_mean", None) is None:
+            rng = random.Random(self.seed)
+            probe = [" " + _sentence(_code(rng), _code(rng)) for _ in range(128)]
+            self._mean = sum(self.renderer.count_many(probe)) / len(probe)
+        return self._mean
 
     def build(self, sample_id: int) -> Sample:
         rng = self.rng(sample_id)
@@ -71,20 +80,24 @@ class NIAH(Task):
         order_seed = rng.getrandbits(64)
         spec = self.spec(keys)
 
-        # Distractors, generated in chunks until their estimated size exceeds the target.
-        distractors: list[str] = []
-        counts: list[int] = []
-        while sum(counts) < self.length:
-            chunk = [_sentence(fresh(), fresh()) for _ in range(256)]
-            distractors += chunk
-            counts += self.renderer.count_many([" " + s for s in chunk])
+        # Distractors: enough for the target by an estimate of their size. Short contexts count every
+        # distractor exactly (so swapping one for a longer one can land a narrow window); long ones use the
+        # mean size of a distractor (the fit corrects the estimate with the measured prompt).
+        mean = self._mean_tokens()
+        n_est = int(self.length / mean * 1.1) + 16
+        distractors = [_sentence(fresh(), fresh()) for _ in range(n_est)]
+        if n_est <= 512:
+            counts = self.renderer.count_many([" " + s for s in distractors])
+        else:
+            counts = [mean] * n_est
 
         def build_prompt(items: list[int]) -> str:
             sentences = needles + [distractors[i] for i in items]
             random.Random(order_seed).shuffle(sentences)
             return self.prompt(spec, " ".join(sentences))
 
-        items, text, tokens = fit_items(self.renderer, build_prompt, counts, self.length, swappable=True)
+        items, text, tokens = fit_items(self.renderer, build_prompt, counts, self.length, swappable=True,
+                                        fixed_tokens=self.renderer.estimate_prompt(build_prompt([])))
         answer = "\n".join(f"{i + 1}. The answer for {k} is {v}." for i, (k, v) in enumerate(zip(keys, values)))
         return Sample(sample_id, text, tokens, answer, {"keys": keys, "values": values},
                       {"num_distractors": len(items)})

@@ -1,0 +1,217 @@
+"""Generator invariants: answers correct by construction, checked by parsing the generated prompts."""
+
+import collections
+import re
+
+import pytest
+
+from workflow_scripts.tasks import load_task_class, story_words as W
+from workflow_scripts.tasks.base import Renderer
+from workflow_scripts.tasks.cwe import CommonWords, vocabulary
+from workflow_scripts.tasks.testing import corpus_tokenizer
+from workflow_scripts.tasks.vt import NOISE
+
+
+@pytest.fixture(scope="module")
+def renderer():
+    return Renderer(corpus_tokenizer(2048))
+
+
+def context_of(prompt: str) -> str:
+    a = prompt.index("<context>\n") + len("<context>\n")
+    return prompt[a:prompt.rindex("\n</context>")]
+
+
+def question_of(prompt: str) -> str:
+    m = re.search(r"<(questions?)>\n(.*?)\n</\1>", prompt, re.DOTALL)
+    return m.group(2)
+
+
+# ---------------------------------------------------------------------------------------------- VT
+@pytest.mark.parametrize("length", [1024, 4096])
+def test_vt_chain_resolves_to_gold(renderer, length):
+    task = load_task_class("ruler_vt")(renderer, length, "cot")
+    for i in range(3):
+        s = task.build(i)
+        ctx = context_of(s.prompt)
+        assign = {}
+        for name, rhs in re.findall(r"VAR ([A-Z]{5}) = (VAR [A-Z]{5}|\d+)\.", ctx):
+            assert name not in assign, "a variable is assigned twice"
+            assign[name] = rhs
+        assert len(assign) == 8 * 5
+
+        def resolve(n):
+            rhs = assign[n]
+            return int(rhs) if rhs.isdigit() else resolve(rhs[4:])
+
+        values = {v for v in assign.values() if v.isdigit()}
+        assert len(values) == 8 and all(10000 <= int(v) < 99999 for v in values)
+        holders = sorted(n for n in assign if resolve(n) == s.gold["value"])
+        assert holders == sorted(s.gold["names"]) and len(holders) == 5
+        assert str(s.gold["value"]) in question_of(s.prompt)
+        assert ctx.count(NOISE) == s.meta["num_noise"] > 0
+        assert s.answer == " ".join(s.gold["names"])
+        assert load_task_class("ruler_vt").score(f"<answer>{s.answer}</answer>", s.gold) == 1.0
+
+
+# ---------------------------------------------------------------------------------------------- CWE
+def test_cwe_vocabulary_matches_spec():
+    v = vocabulary(43)
+    assert len(v) == 8063 == len(set(v))                 # spec §3.3: 8063 with wonderwords 2.2.0
+    assert not any("-" in w for w in v)
+    assert set(vocabulary(44)) == set(v) and vocabulary(44) != v   # the task RNG only reorders
+
+
+@pytest.mark.parametrize("length, params", [(1024, {"common_freq": "auto"}), (8192, {})])
+def test_cwe_counts_are_exact(renderer, length, params):
+    task = CommonWords(renderer, length, "cot", **params)
+    freq = task.common_freq()
+    for i in range(2):
+        s = task.build(i)
+        lines = context_of(s.prompt).split("\n")
+        parsed = [re.fullmatch(r"(\d+)\. (.+)", ln) for ln in lines]
+        assert all(parsed)
+        assert [int(m.group(1)) for m in parsed] == list(range(1, len(lines) + 1))
+        counts = collections.Counter(m.group(2) for m in parsed)
+        assert sorted(w for w, c in counts.items() if c == freq) == sorted(s.gold["words"])
+        assert len(s.gold["words"]) == 10
+        rare = {w: c for w, c in counts.items() if w not in s.gold["words"]}
+        assert set(rare.values()) == {3} and len(rare) == s.meta["num_rare"] > 0
+        assert f"occurs {freq} times" in s.prompt
+        assert CommonWords.score(f"<answer>\n{s.answer}\n</answer>", s.gold) == 1.0
+    if params:
+        assert freq < 30
+    else:
+        assert freq == 30
+
+
+def test_cwe_too_short_for_paper_frequencies_says_what_to_change(renderer):
+    with pytest.raises(ValueError, match="common_freq"):
+        CommonWords(renderer, 1024, "cot").build(0)
+
+
+# ---------------------------------------------------------------------------------------------- stories
+def _template_regex(templates):
+    out = []
+    for t in templates:
+        r = re.escape(t)
+        for key, pat in {"P": re.escape(W.PROTAGONIST), "character": "(?P<character>[A-Z][a-z]+ [A-Z][a-z]+)",
+                         "location": "(?P<location>the [^.,]+?)", "a_item": "an? (?P<item>[a-z ]+?)",
+                         "sold": "(?P<sold>[a-z ]+?)", "event": "(?P<event>[^.]+?)"}.items():
+            r = r.replace(re.escape("{" + key + "}"), pat, 1)
+        out.append(re.compile("^" + r + "$"))
+    return out
+
+
+SALE_RE, BUY_RE = _template_regex(W.SALE), _template_regex(W.PURCHASE)
+SCENE_RE, MEET_RE = _template_regex(W.SCENE), _template_regex(W.CHARACTER)
+ITEM_RE = re.compile(r"\b(?:%s) (?:%s) (?:%s)\b" % ("|".join(W.ITEM_ADJECTIVES), "|".join(W.ITEM_MATERIALS),
+                                                    "|".join(W.ITEM_TYPES)))
+
+
+def parse_story(ctx: str):
+    """Independent reading of a narrative: per chapter its location, character, items bought and sold."""
+    chapters = []
+    for k, block in enumerate(ctx.split("\n\n"), 1):
+        head, body = block.split("\n", 1)
+        assert head == f"Chapter {k}:"
+        sentences = re.split(r"(?<=\.) ", body)
+        info = {"location": set(), "character": set(), "bought": [], "sold": []}
+        for sent in sentences:
+            for regs, key in ((SCENE_RE, "location"), (MEET_RE, "character")):
+                for r in regs:
+                    m = r.match(sent)
+                    if m:
+                        info[key].add(m.group(key))
+            sale = next((r.match(sent) for r in SALE_RE if r.match(sent)), None)
+            buy = next((r.match(sent) for r in BUY_RE if r.match(sent)), None)
+            items = ITEM_RE.findall(sent)
+            if sale:
+                assert items == [sale.group("sold")]
+                info["sold"].append(sale.group("sold"))
+            elif buy:
+                assert items == [buy.group("item")]
+                info["bought"].append(buy.group("item"))
+            else:
+                assert not items, f"an item outside purchase/sale sentences: {sent!r}"
+        # every location/character mention in the chapter is the chapter's own
+        assert len(info["location"]) == 1 and len(info["character"]) == 1
+        assert {loc for loc in W.LOCATIONS if loc in block} == info["location"]
+        chapters.append(info)
+    return chapters
+
+
+def check_inventory(chapters):
+    held, bought_all = set(), []
+    for ch in chapters:
+        for item in ch["sold"]:
+            assert item in held, "sold an item that was never bought or was already sold"
+            held.remove(item)
+        for item in ch["bought"]:
+            held.add(item)
+            bought_all.append(item)
+    assert len(bought_all) == len(set(bought_all)), "an item is bought twice"
+    pairs = [(next(iter(c["location"])), next(iter(c["character"]))) for c in chapters]
+    assert len(pairs) == len(set(pairs)), "a (location, character) pair repeats"
+
+
+@pytest.mark.parametrize("length", [1024, 8192])
+def test_story_retrieval_correct_by_construction(renderer, length):
+    task = load_task_class("story_retrieval")(renderer, length, "cot")
+    for i in range(3):
+        s = task.build(i)
+        chapters = parse_story(context_of(s.prompt))
+        check_inventory(chapters)
+        assert all(len(c["bought"]) == 1 for c in chapters)
+        assert len(chapters) == s.meta["num_chapters"]
+        q = min(16, len(chapters))
+        assert len(s.gold["answers"]) == q == len(set(s.gold["chapters"]))
+        lines = question_of(s.prompt).split("\n")
+        assert len(lines) == q
+        for n, (line, c, kind, gold) in enumerate(zip(lines, s.gold["chapters"], s.gold["kinds"],
+                                                      s.gold["answers"]), 1):
+            assert line.startswith(f"{n}. ") and line.endswith(f"in chapter {c}?")
+            ch = chapters[c - 1]
+            truth = {"location": next(iter(ch["location"])), "character": next(iter(ch["character"])),
+                     "item": ch["bought"][0]}[kind]
+            assert gold == truth
+        assert task.score(f"<answer>\n{s.answer}\n</answer>", s.gold) == 1.0
+    if length == 8192:
+        assert q == 16
+
+
+@pytest.mark.parametrize("length", [1024, 8192])
+def test_story_multihop_correct_by_construction(renderer, length):
+    task = load_task_class("story_multihop")(renderer, length, "cot")
+    for i in range(3):
+        s = task.build(i)
+        chapters = parse_story(context_of(s.prompt))
+        check_inventory(chapters)
+        target = re.search(r"before acquiring the (.+)\?", question_of(s.prompt)).group(1)
+        t = next(k for k, c in enumerate(chapters) if target in c["bought"])
+        assert t >= 1 and chapters[t - 1]["bought"] == [s.gold["item"]] == [s.answer]
+        assert task.score(f"<answer>{s.answer}</answer>", s.gold) == 1.0
+
+
+@pytest.mark.parametrize("length", [1024, 8192])
+def test_story_filtering_correct_by_construction(renderer, length):
+    task = load_task_class("story_filtering")(renderer, length, "cot")
+    for i in range(3):
+        s = task.build(i)
+        chapters = parse_story(context_of(s.prompt))
+        check_inventory(chapters)                  # no sale of an item whose purchase was removed
+        without = [k for k, c in enumerate(chapters, 1) if not c["bought"]]
+        assert without == s.gold["chapters"] and len(without) == 3
+        assert all(len(c["bought"]) == 1 for k, c in enumerate(chapters, 1) if k not in without)
+        assert "exactly 3 chapters" in question_of(s.prompt)
+        assert task.score(f"<answer>{s.answer}</answer>", s.gold) == 1.0
+
+
+def test_story_chapters_keep_their_core_when_trimmed(renderer):
+    """Trimming for length removes only flavour sentences: every chapter keeps scene, meeting, purchase."""
+    task = load_task_class("story_retrieval")(renderer, 2048, "direct")
+    trimmed = [s for s in map(task.build, range(8)) if s.meta["num_optional"] < s.meta["num_optional_max"]]
+    assert trimmed
+    for s in trimmed:
+        chapters = parse_story(context_of(s.prompt))
+        assert all(c["location"] and c["character"] and c["bought"] for c in chapters)
