@@ -3,7 +3,11 @@
 
 @rulefunc
 def _infer_inputs(w):
-    return {"data": STUDY.data_path(w.model, w.task, w.length), "model": STUDY.model_dir(w.model)}
+    inputs = {"data": STUDY.data_path(w.model, w.task, w.length), "model": STUDY.model_dir(w.model)}
+    calibration = STUDY.calibration_path(w.model, w.length, w.method, w.ratio)
+    if calibration:  # calibrated Vertical-Slash / FlexPrefill budget (rules/calibrate.smk)
+        inputs["calibration"] = calibration
+    return inputs
 
 
 @rulefunc

@@ -17,7 +17,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from sparse_kernels.registry import METHOD_PHASES
+from sparse_kernels import budgets
+from sparse_kernels.registry import (CALIBRATABLE, COMBINE_SEP, components, is_combined, param_errors,
+                                     resolve_params, split_method)
 from workflow_scripts.tasks import PROMPT_MODES, TASKS, load_task_class
 
 SCHEMA_PATH = str(Path(__file__).parent / "schemas" / "config.schema.yaml")
@@ -31,6 +33,16 @@ PRED = RESULTS + "/predictions/" + CELL_KEYS + "/shard={shard}/part.parquet"
 SCORE = RESULTS + "/scores/model={model}/task={task}/length={length}/part.parquet"
 LOG_INFER = RESULTS + "/logs/infer/" + CELL_KEYS + "/shard={shard}.log"
 LOG_DATA = RESULTS + "/logs/data/tokenizer={tokenizer}/task={task}/length={length}/mode={mode}.log"
+# calibration (Vertical-Slash / FlexPrefill budgets): its own samples (ids offset by 10**6) and one small JSON per
+# (model, length, prefill method, its hyperparameters, prefill ratio); `params` is a short hash of the method's
+# hyperparameters per task, so a standalone method and a combined one with the same settings share it.
+CALIB_DATA = (RESULTS + "/calibration/data/tokenizer={tokenizer}/task={task}/length={length}/mode={mode}"
+              "/samples.parquet")
+CALIB_KEYS = "model={model}/length={length}/method={method}/params={phash}/ratio={ratio}"
+CALIB = RESULTS + "/calibration/" + CALIB_KEYS + "/calibration.json"
+LOG_CALIB = RESULTS + "/logs/calibration/" + CALIB_KEYS + ".log"
+LOG_CALIB_DATA = RESULTS + "/logs/calibration/data/tokenizer={tokenizer}/task={task}/length={length}/mode={mode}.log"
+CALIBRATION_OFFSET = 10**6  # calibration sample ids start here (evaluation ids: 0 .. samples-1)
 AGG_DB = RESULTS + "/aggregate/study.duckdb"
 AGG_SAMPLES = RESULTS + "/aggregate/samples.parquet"
 AGG_SUMMARY = RESULTS + "/aggregate/summary.parquet"
@@ -38,7 +50,8 @@ AGG_SUMMARY = RESULTS + "/aggregate/summary.parquet"
 MODEL_DEFAULTS = {"dtype": "bfloat16", "device": "auto", "chat_template": True}
 TOP_DEFAULTS = {"seed": 43, "samples": 100, "shard_size": 25, "prompt_mode": "cot", "max_new_tokens": 1024,
                 "batch_size": 1, "task_params": {},
-                "datasets_dir": "datasets"}
+                "datasets_dir": "datasets", "executor": "auto", "calibration": {}}
+CALIBRATION_DEFAULTS = {"samples": 2, "tolerance": 0.05}
 
 
 class ConfigError(ValueError):
@@ -65,10 +78,17 @@ def schema_errors(config: dict) -> list[str]:
     return [f"{key_path(e.absolute_path)}: {e.message}" for e in errors]
 
 
-def fmt_ratio(r: float) -> str:
-    """Canonical text of a compression ratio in paths: 1, 2, 7.5, 3.33 ..."""
+def fmt_ratio(r) -> str:
+    """Canonical text of a compression ratio in paths: 1, 2, 7.5, 3.33 ...; a (prefill, decode) pair of a
+    combined method: ``10+5``."""
+    if isinstance(r, (list, tuple)):
+        return COMBINE_SEP.join(fmt_ratio(x) for x in r)
     r = float(r)
     return str(int(r)) if r == int(r) else f"{r:g}"
+
+
+def _is_ratio(r) -> bool:
+    return isinstance(r, (int, float)) and not isinstance(r, bool) and r >= 1
 
 
 def _slug(text: str) -> str:
@@ -95,6 +115,8 @@ class Study:
         self.ratios = self._ratios()
         self.task_versions = {t: load_task_class(t).version for t in self.cfg["tasks"]}
         self.n_shards = math.ceil(self.cfg["samples"] / self.cfg["shard_size"])
+        self._calib_keys: dict[str, tuple[str, str]] = {}
+        self._calib_params: dict[tuple[str, str], dict] = {}
 
     # ------------------------------------------------------------------ validation
     def _check_top(self) -> None:
@@ -110,23 +132,88 @@ class Study:
             except ValueError as e:
                 raise ConfigError(f"task_params.{t}: {e}") from None
         for m, entry in c["methods"].items():
-            if m not in METHOD_PHASES:
-                raise ConfigError(f"methods.{m}: unknown method {m!r}; known methods: {', '.join(METHOD_PHASES)}")
-            entry = entry or {}
-            ratios = entry.get("ratios")
-            for j, r in enumerate(ratios or []):
-                if not (isinstance(r, (int, float)) and r >= 1):
-                    raise ConfigError(f"methods.{m}.ratios[{j}]: compression ratio must be a number >= 1, got {r!r}")
-            if m == "dense":
-                if ratios not in (None, [1], [1.0]):
-                    raise ConfigError(f"methods.dense.ratios: dense runs at ratio 1 only, got {ratios}")
-            elif not ratios:
-                raise ConfigError(f"methods.{m}.ratios: list at least one compression ratio (>= 1)")
-            texts = [fmt_ratio(r) for r in ratios or []]
-            if len(set(texts)) != len(texts):
-                raise ConfigError(f"methods.{m}.ratios: duplicate ratios after formatting: {texts}")
+            self._check_method(m, entry or {})
         if c["prompt_mode"] not in PROMPT_MODES:
             raise ConfigError(f"prompt_mode: must be one of {PROMPT_MODES}")
+
+    def _check_method(self, m: str, entry: dict) -> None:
+        key = f"methods.{m}"
+        try:
+            pre, dec = split_method(m)
+        except (KeyError, ValueError) as e:
+            raise ConfigError(f"{key}: {e.args[0]}") from None
+        combined = is_combined(m)
+        ratios = entry.get("ratios")
+        for j, r in enumerate(ratios or []):
+            if combined:
+                if not (isinstance(r, (list, tuple)) and len(r) == 2 and all(_is_ratio(x) for x in r)):
+                    raise ConfigError(f"{key}.ratios[{j}]: a combined method takes [prefill_ratio, decode_ratio] "
+                                      f"pairs of numbers >= 1, got {r!r}")
+            elif not _is_ratio(r):
+                raise ConfigError(f"{key}.ratios[{j}]: compression ratio must be a number >= 1, got {r!r}")
+        if m == "dense":
+            if ratios not in (None, [1], [1.0]):
+                raise ConfigError(f"methods.dense.ratios: dense runs at ratio 1 only, got {ratios}")
+        elif not ratios:
+            raise ConfigError(f"{key}.ratios: list at least one compression ratio (>= 1)")
+        texts = [fmt_ratio(r) for r in ratios or []]
+        if len(set(texts)) != len(texts):
+            raise ConfigError(f"{key}.ratios: duplicate ratios after formatting: {texts}")
+        # hyperparameters
+        params = entry.get("params") or {}
+        comps = components(m)
+        if combined:
+            for comp, sub in params.items():
+                if comp not in comps:
+                    raise ConfigError(f"{key}.params.{comp}: not a component of {m} (give params per component: "
+                                      f"{', '.join(comps)})")
+                if not isinstance(sub, dict):
+                    raise ConfigError(f"{key}.params.{comp}: must be a mapping of hyperparameters")
+                for k, msg in param_errors(comp, sub):
+                    raise ConfigError(f"{key}.params.{comp}.{k}: {msg}")
+        else:
+            if m == "dense" and params:
+                k = next(iter(params))
+                raise ConfigError(f"{key}.params.{k}: dense has no hyperparameters")
+            for k, msg in param_errors(m, params):
+                raise ConfigError(f"{key}.params.{k}: {msg}")
+        # calibration
+        calibrate = entry.get("calibrate")
+        if calibrate is not None and pre not in CALIBRATABLE:
+            raise ConfigError(f"{key}.calibrate: only {', '.join(CALIBRATABLE)} (or combinations with them) are "
+                              "calibrated; remove the key")
+        if pre in CALIBRATABLE and calibrate is False:
+            pre_params = params.get(pre, {}) if combined else params
+            if pre == "flexprefill" and "min_budget" in pre_params:
+                raise ConfigError(f"{key}.params{'.' + pre if combined else ''}.min_budget: with calibrate: false "
+                                  "the paper's table sets (alpha, min_budget); remove min_budget")
+            table = budgets.paper_vs_counts if pre == "vertical_slash" else budgets.paper_flexprefill
+            for j, r in enumerate(ratios or []):
+                rp = r[0] if combined else r
+                if budgets.is_dense_ratio(rp):
+                    continue
+                for L in self.cfg["lengths"]:
+                    try:
+                        table(L, float(rp))
+                    except KeyError as e:
+                        raise ConfigError(f"{key}.calibrate: false uses the paper's {pre} table (Qwen2.5), which "
+                                          f"has no entry for length {L}, ratio {fmt_ratio(rp)}: {e.args[0]}; "
+                                          "set calibrate: true") from None
+        # budgets that cannot work at some length
+        for comp in comps:
+            if comp not in ("snapkv", "ada_snapkv"):
+                continue
+            hp = resolve_params(comp, params.get(comp, {}) if combined else params)
+            floor_ = hp["local_window"] + hp["n_sinks"]
+            for j, r in enumerate(ratios or []):
+                rd = r[1] if combined else r
+                if budgets.is_dense_ratio(rd):
+                    continue
+                for L in self.cfg["lengths"]:
+                    cap = budgets.snapkv_capacity(L, float(rd))
+                    if cap <= floor_:
+                        raise ConfigError(f"{key}.ratios[{j}]: {comp} capacity {cap} at length {L} must exceed "
+                                          f"local_window + n_sinks = {floor_}; use a smaller ratio")
 
     def _check_models(self) -> None:
         for name, m in self.models.items():
@@ -159,12 +246,67 @@ class Study:
                 keys[p] = base if len(ps) == 1 else f"{base}-{hashlib.sha1(p.encode()).hexdigest()[:6]}"
         return keys
 
-    def _ratios(self) -> dict[str, dict[str, float]]:
+    def _ratios(self) -> dict[str, dict[str, float | tuple[float, float]]]:
+        """method -> {ratio text: ratio} (a (prefill, decode) tuple for combined methods)."""
         out = {}
         for m, entry in self.cfg["methods"].items():
             rs = [1.0] if m == "dense" else (entry or {}).get("ratios", [])
-            out[m] = {fmt_ratio(r): float(r) for r in rs}
+            out[m] = {fmt_ratio(r): (tuple(float(x) for x in r) if isinstance(r, (list, tuple)) else float(r))
+                      for r in rs}
         return out
+
+    # ------------------------------------------------------------------ methods of a cell
+    def method_entry(self, method: str) -> dict:
+        return self.cfg["methods"][method] or {}
+
+    def method_params(self, method: str, task: str) -> dict:
+        """{component: full hyperparameters} (paper defaults, task-dependent defaults, study overrides)."""
+        params = self.method_entry(method).get("params") or {}
+        comb = is_combined(method)
+        return {c: resolve_params(c, params.get(c, {}) if comb else params, task) for c in components(method)}
+
+    def phase_ratios(self, method: str, ratio: str) -> tuple[float, float]:
+        """(prefill ratio, decode ratio) of a cell; 1 for a dense phase."""
+        r = self.ratios[method][ratio]
+        pre, dec = split_method(method)
+        if is_combined(method):
+            return float(r[0]), float(r[1])
+        return (float(r) if pre else 1.0), (float(r) if dec else 1.0)
+
+    def calibrated(self, method: str) -> bool:
+        pre, _ = split_method(method)
+        return pre in CALIBRATABLE and self.method_entry(method).get("calibrate", True) is not False
+
+    def calibration_ratio(self, method: str, ratio: str) -> str | None:
+        """Prefill-ratio text of the calibration a cell depends on, or None (not calibrated / ratio 1)."""
+        if not self.calibrated(method):
+            return None
+        rp = self.phase_ratios(method, ratio)[0]
+        return None if budgets.is_dense_ratio(rp) else fmt_ratio(rp)
+
+    def calibration_key(self, method: str) -> tuple[str, str]:
+        """(prefill component, params hash) naming the calibration of a calibrated method's prefill part."""
+        if method not in self._calib_keys:
+            pre, _ = split_method(method)
+            by_task = {t: self.method_params(method, t)[pre] for t in self.cfg["tasks"]}
+            text = repr(sorted((t, sorted(p.items())) for t, p in by_task.items()))
+            phash = hashlib.sha1(text.encode()).hexdigest()[:8]
+            self._calib_keys[method] = (pre, phash)
+            self._calib_params[(pre, phash)] = by_task
+        return self._calib_keys[method]
+
+    def calibration_path(self, model: str, length: int | str, method: str, ratio: str) -> str | None:
+        cr = self.calibration_ratio(method, ratio)
+        if cr is None:
+            return None
+        pre, phash = self.calibration_key(method)
+        return CALIB.format(model=model, length=length, method=pre, phash=phash, ratio=cr)
+
+    def calibration_data_path(self, model: str, task: str, length: int | str) -> str:
+        return CALIB_DATA.format(tokenizer=self.tokenizer_key(model), task=task, length=length, mode=self.mode(model))
+
+    def calibration_settings(self) -> dict:
+        return {**CALIBRATION_DEFAULTS, **(self.cfg.get("calibration") or {})}
 
     # ------------------------------------------------------------------ grid
     def tokenizer_path(self, model: str) -> str:
@@ -218,10 +360,37 @@ class Study:
             "chat_template": bool(self.models[model]["chat_template"]),
         }
 
+    def calibration_data_params(self, tokenizer: str, task: str, length: int, mode: str) -> dict:
+        spec = self.data_params(tokenizer, task, length, mode)
+        spec.update(samples=self.calibration_settings()["samples"], first_sample=CALIBRATION_OFFSET)
+        return spec
+
+    def calibration_params(self, model: str, length: int, component: str, phash: str, ratio: str) -> dict:
+        """Everything that defines one calibration job (model x length x prefill method + params x ratio)."""
+        m = self.models[model]
+        cal = self.calibration_settings()
+        for method in self.cfg["methods"]:          # make sure every calibrated method's key is known
+            if self.calibrated(method):
+                self.calibration_key(method)
+        return {
+            "model": model, "model_path": self.model_dir(model), "tokenizer": self.tokenizer_path(model),
+            "dtype": m["dtype"], "device": m["device"], "length": int(length),
+            "component": component, "ratio": float(ratio), "tasks": list(self.cfg["tasks"]),
+            "params_by_task": self._calib_params[(component, phash)],
+            "samples": cal["samples"], "tolerance": cal["tolerance"], "seed": self.cfg["seed"],
+        }
+
+    def calibration_targets(self) -> list[str]:
+        return sorted({p for c in self.cells()
+                       if (p := self.calibration_path(c.model, c.length, c.method, c.ratio)) is not None})
+
     def cell_params(self, model: str, task: str, length: int, method: str, ratio: str, shard: int) -> dict:
         """Everything that defines one inference job, as plain builtins (Snakemake's params trigger)."""
         m = self.models[model]
         start, stop = self.shard_range(shard)
+        pre, dec = split_method(method)
+        rp, rd = self.phase_ratios(method, ratio)
+        r = self.ratios[method][ratio]
         return {
             "model": model,
             "model_path": self.model_dir(model),
@@ -232,8 +401,17 @@ class Study:
             "length": int(length),
             "mode": self.mode(model),
             "method": method,
-            "ratio": self.ratios[method][ratio],
-            "method_params": dict((self.cfg["methods"][method] or {}).get("params", {})),
+            # a number; for a combined method the [prefill, decode] pair (see prefill_ratio / decode_ratio)
+            "ratio": list(r) if isinstance(r, tuple) else r,
+            "ratio_key": ratio,
+            "prefill_method": pre or "dense",
+            "prefill_ratio": rp,
+            "decode_method": dec or "dense",
+            "decode_ratio": rd,
+            "method_params": self.method_params(method, task),
+            "nominal_length": int(length),   # budgets are fixed per configuration, as in the paper
+            "calibration": self.calibration_path(model, length, method, ratio),
+            "executor": self.cfg["executor"],
             "max_new_tokens": self.cfg["max_new_tokens"],
             "batch_size": self.cfg["batch_size"],
             "samples": [start, stop],
@@ -267,6 +445,6 @@ def wildcard_patterns(study: Study) -> dict[str, str]:
         "tokenizer": alt(set(study.tokenizer_keys.values())),
         "mode": alt(PROMPT_MODES),
         "length": r"\d+",
-        "ratio": r"\d+(\.\d+)?",
+        "ratio": r"\d+(\.\d+)?(\+\d+(\.\d+)?)?",
         "shard": r"\d+",
     }

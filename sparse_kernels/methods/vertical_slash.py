@@ -43,30 +43,53 @@ class _VSBase:
         B, H, G, L, D = check_qk(q, k)
         scale = resolve_scale(D, scale)
         off, lens, it = rows(q, k, key_padding_mask)
-        verts, slashes, vc, sc = [], [], [], []
+        parts = []
         for b, o, n, qr, kr in it:
             if n == 0:
-                verts.append(torch.full((H, 0), -1, dtype=torch.long, device=q.device))
-                slashes.append(torch.full((H, 0), -1, dtype=torch.long, device=q.device))
-                vc.append(torch.zeros(H, dtype=torch.long, device=q.device))
-                sc.append(torch.zeros(H, dtype=torch.long, device=q.device))
+                parts.append(self._empty_row(H, q.device))
                 continue
             vscore, sscore = self._row_scores(qr, kr, scale)
-            kv, ks = self._counts(vscore, sscore, n, min(self.last_q, n))
-            vscore = vscore.clone()
-            sscore = sscore.clone()
-            vscore[:, : min(self.n_sinks, n)] = float("inf")
-            sscore[:, : min(self.n_local, n)] = float("inf")
-            kvmax, ksmax = int(kv.max()), int(ks.max())
-            vi = self._topk_per_head(vscore, kv, kvmax)
-            si = self._topk_per_head(sscore, ks, ksmax)
-            verts.append(vi)
-            slashes.append(si)
-            vc.append(kv)
-            sc.append(ks)
+            parts.append(self.row_pattern(vscore, sscore, n))
+        return self._assemble(parts, lens, off, L)
+
+    def row_scores(self, q_row: torch.Tensor, k_row: torch.Tensor, scale: float | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Vertical / slash scores [H, n] of one unpadded row q_row [H, n, D], k_row [Hkv, n, D] (the
+        statistics the budget is chosen from; used by calibration)."""
+        return self._row_scores(q_row, k_row, resolve_scale(q_row.shape[-1], scale))
+
+    def row_pattern(self, vscore: torch.Tensor, sscore: torch.Tensor, n: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(verticals [H, kv_max], slashes [H, ks_max], kv [H], ks [H]) of one row from its scores."""
+        kv, ks = self._counts(vscore, sscore, n, min(self.last_q, n))
+        vscore = vscore.clone()
+        sscore = sscore.clone()
+        vscore[:, : min(self.n_sinks, n)] = float("inf")
+        sscore[:, : min(self.n_local, n)] = float("inf")
+        kvmax, ksmax = int(kv.max()), int(ks.max())
+        return self._topk_per_head(vscore, kv, kvmax), self._topk_per_head(sscore, ks, ksmax), kv, ks
+
+    def selection_from_scores(self, scores: list[tuple[torch.Tensor, torch.Tensor]]) -> VerticalSlashSelection:
+        """Selection of unpadded rows (one per (vscore, sscore) pair, each [H, n_b]) straight from their
+        scores, without q / k. Rows may differ in length (they are laid out left padded)."""
+        lens = torch.tensor([v.shape[-1] for v, _ in scores], dtype=torch.long)
+        L = int(lens.max())
+        H = scores[0][0].shape[0]
+        parts = [self.row_pattern(v, s, v.shape[-1]) if v.shape[-1] else self._empty_row(H, v.device)
+                 for v, s in scores]
+        dev = scores[0][0].device
+        return self._assemble(parts, lens.to(dev), (L - lens).to(dev), L)
+
+    @staticmethod
+    def _empty_row(H: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return (torch.full((H, 0), -1, dtype=torch.long, device=device),
+                torch.full((H, 0), -1, dtype=torch.long, device=device),
+                torch.zeros(H, dtype=torch.long, device=device), torch.zeros(H, dtype=torch.long, device=device))
+
+    def _assemble(self, parts, lens, off, L) -> VerticalSlashSelection:
         sel = VerticalSlashSelection(
-            vertical_idx=pad_stack(verts), vertical_counts=torch.stack(vc),
-            slash_offsets=pad_stack(slashes), slash_counts=torch.stack(sc),
+            vertical_idx=pad_stack([p[0] for p in parts]), vertical_counts=torch.stack([p[2] for p in parts]),
+            slash_offsets=pad_stack([p[1] for p in parts]), slash_counts=torch.stack([p[3] for p in parts]),
             seq_lens=lens, pad_offsets=off, length=L, block_size=self.block_size)
         sel.paper_sparsity = sel.block_granular_sparsity()
         return sel

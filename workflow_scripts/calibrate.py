@@ -1,0 +1,320 @@
+"""Automatic budget calibration of Vertical-Slash and FlexPrefill (beyond the paper, which tuned by hand).
+
+Two steps, each a Snakemake rule (``rules/calibrate.smk``):
+
+    python -m workflow_scripts.calibrate data  --spec "<dict>" --out samples.parquet
+    python -m workflow_scripts.calibrate solve --spec "<dict>" --out calibration.json DATA.parquet ...
+
+``data`` writes calibration samples of one (tokenizer, task, length, prompt mode) exactly like the task-data
+step, but with sample ids ``CALIBRATION_OFFSET + i`` (seeds ``seed + 10**6 + i``), so they never coincide with
+evaluation samples (ids ``0 .. samples-1``).
+
+``solve`` runs the model's dense prefill over those samples (all tasks of the study pooled), records the
+method's selection statistics per (sample, layer) — the vertical / slash scores its budget is taken from —
+and solves for the budget whose **realized density** hits ``1 / ratio`` within ``tolerance`` (relative):
+
+* the measure is ``density_computed``: the fraction of causal query-key pairs the kernel actually computes
+  (tiles clipped to the causal triangle and the sequence), averaged over samples, layers and heads — the
+  same number each result row reports as ``density``. The paper's own V-S measure counts whole 64x64 tiles,
+  including their parts above the diagonal, so it can be negative at short lengths and is not monotone in the
+  budget; the uniform measure is monotone, which bisection needs, and comparable across all methods;
+* Vertical-Slash: verticals = slashes = k (as the paper), bisection over integer k. Each extra slash adds up
+  to one 64-wide tile per query block, so at short lengths density jumps; if the closest k misses the
+  tolerance, slashes stay at the largest k below the target and the vertical count alone is bisected upward
+  (fine-grained: one column per step). The JSON says which (``refined``);
+* FlexPrefill: bisection over alpha in [0, 1] with ``min_budget`` fixed (paper: 512). When even alpha = 0
+  is too dense (short lengths, high ratios) alpha stays 0 and min_budget is bisected (the paper's own
+  high-compression points are alpha = 0 with min_budget = the V-S count); if that misses, alpha is bisected
+  again on top of the largest min_budget below the target;
+* a target below the smallest reachable density (the forced sinks and local window) or outside the tolerance
+  after refinement is an error naming the reachable range: no silent mis-calibration.
+
+Calibration uses the dense model's attention statistics (one forward per sample); the realized density in the
+sparse run, reported per row, can therefore differ slightly from the calibration value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+
+import time
+
+CALIBRATION_OFFSET = 10**6
+
+
+class CalibrationError(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------- data
+def generate_calibration_data(spec: dict) -> list[dict]:
+    """Like ``make_data.generate`` for sample ids ``first_sample + i`` (default CALIBRATION_OFFSET + i)."""
+    from .make_data import load_tokenizer
+    from .tasks import load_task_class
+    from .tasks.base import MIN_FRACTION, Renderer
+
+    tok = load_tokenizer(spec["tokenizer"])
+    renderer = Renderer(tok, use_chat_template=spec["chat_template"])
+    task = load_task_class(spec["task"])(renderer, spec["length"], spec["mode"], seed=spec["seed"],
+                                        datasets_dir=spec.get("datasets_dir"), **spec["task_params"])
+    first = int(spec.get("first_sample", CALIBRATION_OFFSET))
+    low = MIN_FRACTION * spec["length"]
+    rows = []
+    for i in range(first, first + spec["samples"]):
+        row = task.build(i).row()
+        n = renderer.count(row["prompt"])
+        if not (n == row["input_tokens"] and low <= n <= spec["length"]):
+            raise RuntimeError(f"calibration sample {i}: prompt has {n} tokens, outside [{low:.0f}, {spec['length']}]")
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+def collect_scores(model, prompts_by_task: dict[str, list[list[int]]], methods_by_task: dict) -> dict[str, list]:
+    """{task: [(vscore [H, n], sscore [H, n]) per (sample, layer)]} from the model's dense prefill: each
+    task's method instance computes its own statistics (its estimation window may be task-dependent)."""
+    from sparse_kernels.hf.generate import greedy_generate
+    from sparse_kernels.hf.session import SparseSession
+
+    out: dict[str, list] = {}
+    for task, prompts in prompts_by_task.items():
+        method = methods_by_task[task]
+        rows: list = []
+
+        def hook(ev, method=method, rows=rows):
+            if ev.phase == "prefill":
+                for b in range(ev.q.shape[0]):
+                    v, s = method.row_scores(ev.q[b], ev.k[b], ev.scale)
+                    rows.append((v.float().cpu(), s.float().cpu()))
+
+        session = SparseSession(None, None, executor="auto", hooks=[hook])
+        for p in prompts:
+            greedy_generate(model, [p], 1, set(), 0, session=session)
+        out[task] = rows
+    return out
+
+
+class DensityModel:
+    """Realized density (``density_computed``, mean over samples x layers x heads) of a setting."""
+
+    def __init__(self, method: str, scores: dict[str, list], params_by_task: dict[str, dict]):
+        self.method = method
+        self.scores = scores
+        self.params = params_by_task
+        self.memo: dict[tuple, float] = {}
+        self.per_sample: dict[tuple, list[float]] = {}
+
+    def _build(self, task: str, setting: dict):
+        from sparse_kernels.hf.build import build_one
+
+        params = dict(self.params[task])
+        if self.method == "flexprefill":
+            params.pop("min_budget", None)
+        return build_one(self.method, 2.0, params, None, calibrated=setting)
+
+    def __call__(self, **setting) -> float:
+        key = tuple(sorted(setting.items()))
+        if key not in self.memo:
+            vals = []
+            for task, rows in self.scores.items():
+                sel = self._build(task, setting).selection_from_scores(rows)
+                vals.append(sel.density_computed().double())        # [rows, H]
+            import torch
+
+            allv = torch.cat(vals)
+            self.memo[key] = float(allv.mean())
+            self.per_sample[key] = [float(x) for x in allv.mean(-1)]
+        return self.memo[key]
+
+    @property
+    def max_length(self) -> int:
+        return max(v.shape[-1] for rows in self.scores.values() for v, _ in rows)
+
+
+def _nearest_int(f, target: float, lo: int, hi: int) -> tuple[int, int]:
+    """(k_best, k_below): smallest k with f(k) >= target found by bisection (f non-decreasing), the nearer of
+    it and its predecessor, and the largest k with f(k) < target (lo - 1 if none)."""
+    a, b = lo, hi
+    if f(hi) < target:
+        return hi, hi
+    while a < b:
+        mid = (a + b) // 2
+        if f(mid) >= target:
+            b = mid
+        else:
+            a = mid + 1
+    k = a
+    best = k
+    if k > lo and abs(f(k - 1) - target) <= abs(f(k) - target):
+        best = k - 1
+    return best, k - 1
+
+
+def _bisect_float(f, target: float, lo: float, hi: float, tol: float, iters: int = 40) -> float:
+    """x in [lo, hi] with f(x) closest to target found by bisection (f non-decreasing); stops early once
+    within the relative tolerance."""
+    best = min((lo, hi), key=lambda x: abs(f(x) - target))
+    for _ in range(iters):
+        if abs(f(best) - target) <= tol * target:
+            break
+        mid = (lo + hi) / 2
+        if f(mid) >= target:
+            hi = mid
+        else:
+            lo = mid
+        best = min((best, lo, hi, mid), key=lambda x: abs(f(x) - target))
+        if hi - lo < 1e-7:
+            break
+    return best
+
+
+def _ok(d: float, target: float, tol: float) -> bool:
+    return abs(d - target) <= tol * target + 1e-12
+
+
+def solve_vertical_slash(dm: DensityModel, ratio: float, tol: float) -> dict:
+    target = 1.0 / ratio
+    n = dm.max_length
+    f = lambda k: dm(vertical_size=k, slash_size=k)  # noqa: E731
+    low = f(1)
+    if target < low * (1 - tol):
+        raise CalibrationError(f"vertical_slash: ratio {ratio:g} needs density {target:.4f}, below the smallest "
+                               f"reachable {low:.4f} at this length (forced sinks / local diagonals)")
+    k, k_below = _nearest_int(f, target, 1, n)
+    setting = {"vertical_size": k, "slash_size": k}
+    refined = False
+    if not _ok(f(k), target, tol) and k_below >= 1:
+        ks = k_below
+        g = lambda kv: dm(vertical_size=kv, slash_size=ks)  # noqa: E731
+        kv, _ = _nearest_int(g, target, ks, n)
+        if abs(g(kv) - target) < abs(f(k) - target):
+            setting, refined = {"vertical_size": kv, "slash_size": ks}, True
+    return _result(dm, setting, ratio, tol, refined)
+
+
+def solve_flexprefill(dm: DensityModel, ratio: float, tol: float, min_budget: int) -> dict:
+    target = 1.0 / ratio
+    n = dm.max_length
+    mb = min(int(min_budget), n)
+    h0 = dm(alpha=0.0, min_budget=mb)
+    refined = False
+    if h0 <= target * (1 + tol):
+        a = _bisect_float(lambda x: dm(alpha=x, min_budget=mb), target, 0.0, 1.0, tol)
+        setting = {"alpha": a, "min_budget": mb}
+    else:
+        low = dm(alpha=0.0, min_budget=1)
+        if target < low * (1 - tol):
+            raise CalibrationError(f"flexprefill: ratio {ratio:g} needs density {target:.4f}, below the smallest "
+                                   f"reachable {low:.4f} at this length (forced sinks / local diagonals)")
+        f = lambda m: dm(alpha=0.0, min_budget=m)  # noqa: E731
+        m, m_below = _nearest_int(f, target, 1, mb)
+        setting = {"alpha": 0.0, "min_budget": m}
+        if not _ok(f(m), target, tol) and m_below >= 1:
+            a = _bisect_float(lambda x: dm(alpha=x, min_budget=m_below), target, 0.0, 1.0, tol)
+            if abs(dm(alpha=a, min_budget=m_below) - target) < abs(f(m) - target):
+                setting, refined = {"alpha": a, "min_budget": m_below}, True
+    return _result(dm, setting, ratio, tol, refined)
+
+
+def _result(dm: DensityModel, setting: dict, ratio: float, tol: float, refined: bool) -> dict:
+    target = 1.0 / ratio
+    d = dm(**setting)
+    res = {"setting": setting, "ratio": ratio, "target_density": target, "density": d,
+           "relative_error": (d - target) / target, "tolerance": tol, "refined": refined,
+           "per_sample_density": dm.per_sample[tuple(sorted(setting.items()))],
+           "evaluations": len(dm.memo)}
+    if not _ok(d, target, tol):
+        tried = sorted(dm.memo.values())
+        raise CalibrationError(
+            f"{dm.method}: no setting reaches density {target:.4f} (ratio {ratio:g}) within ±{tol:.0%}; closest "
+            f"{d:.4f} with {setting}; densities seen: {[round(x, 4) for x in tried]}")
+    return res
+
+
+def solve(method: str, dm: DensityModel, ratio: float, tol: float, params: dict) -> dict:
+    if method == "vertical_slash":
+        return solve_vertical_slash(dm, ratio, tol)
+    if method == "flexprefill":
+        return solve_flexprefill(dm, ratio, tol, int(params.get("min_budget", 512)))
+    raise ValueError(f"{method} is not calibrated")
+
+
+# ---------------------------------------------------------------------------------------------- job
+def run_solve(spec: dict, data_paths: list[str], out_path: str) -> dict:
+    import pyarrow.parquet as pq
+    import torch
+    from transformers import AutoTokenizer
+
+    from sparse_kernels.hf.build import build_one
+
+    from .infer import load_model, resolve_device
+
+    t0 = time.perf_counter()
+    torch.set_num_threads(max(1, int(spec.get("threads", 1))))
+    device = resolve_device(spec["device"])
+    tok = AutoTokenizer.from_pretrained(spec["tokenizer"])
+    model = load_model(spec["model_path"], spec["dtype"], device)
+    tasks = spec["tasks"]
+    if len(tasks) != len(data_paths):
+        raise ValueError(f"{len(tasks)} tasks but {len(data_paths)} calibration data files")
+    prompts: dict[str, list[list[int]]] = {}
+    ids: dict[str, list[int]] = {}
+    for task, path in zip(tasks, data_paths):
+        rows = pq.read_table(path, columns=["sample_id", "prompt"]).to_pylist()[: spec["samples"]]
+        if any(r["sample_id"] < CALIBRATION_OFFSET for r in rows):
+            raise RuntimeError(f"{path}: calibration data must use sample ids >= {CALIBRATION_OFFSET}")
+        prompts[task] = [tok(r["prompt"], add_special_tokens=False)["input_ids"] for r in rows]
+        ids[task] = [r["sample_id"] for r in rows]
+    method = spec["component"]
+    params_by_task = {t: spec["params_by_task"][t] for t in tasks}
+    probes = {}
+    for t in tasks:
+        p = dict(params_by_task[t])
+        if method == "flexprefill":
+            p.pop("min_budget", None)
+        probes[t] = build_one(method, 2.0, p, None, calibrated=(
+            {"vertical_size": 1, "slash_size": 1} if method == "vertical_slash" else {"alpha": 0.0, "min_budget": 1}))
+    scores = collect_scores(model, prompts, probes)
+    t_scores = time.perf_counter() - t0
+    dm = DensityModel(method, scores, params_by_task)
+    any_params = params_by_task[tasks[0]]
+    res = solve(method, dm, float(spec["ratio"]), float(spec["tolerance"]), any_params)
+    res.update({"method": method, "params_by_task": params_by_task, "model": spec["model"],
+                "length": spec["length"], "measure": "density_computed", "samples": ids,
+                "seconds": {"scores": t_scores, "total": time.perf_counter() - t0}})
+    return res
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("data")
+    d.add_argument("--spec", required=True)
+    d.add_argument("--out", required=True)
+    s = sub.add_parser("solve")
+    s.add_argument("--spec", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("data", nargs="+")
+    a = ap.parse_args(argv)
+    spec = ast.literal_eval(a.spec)
+    from .io import atomic_path, write_parquet
+
+    if a.cmd == "data":
+        import pyarrow as pa
+
+        rows = generate_calibration_data(spec)
+        write_parquet(pa.Table.from_pylist(rows), a.out, {"spec": spec})
+        print(f"wrote {len(rows)} calibration samples to {a.out}")
+        return
+    res = run_solve(spec, a.data, a.out)
+    with atomic_path(a.out) as tmp:
+        tmp.write_text(json.dumps(res, indent=1, sort_keys=True))
+    print(f"{res['method']} ratio {res['ratio']:g}: {res['setting']} -> density {res['density']:.4f} "
+          f"(target {res['target_density']:.4f}, {res['relative_error']:+.2%}) in {res['seconds']['total']:.1f}s")
+
+
+if __name__ == "__main__":
+    main()
+
