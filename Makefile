@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f
 CORES  ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: setup run test dry-run clean
+.PHONY: setup run test dry-run clean slurm-up slurm-down slurm-status test-slurm
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,21 @@ dry-run: setup
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Local single-node SLURM test cluster (root + apt; see docs/slurm.md). `make test` runs tests/test_slurm.py
+# against it when it is up and skips that test otherwise; .ci/run starts and stops it around `make test`.
+slurm-up:
+	.ci/slurm/install.sh
+	.ci/slurm/cluster.sh start
+
+slurm-down:
+	.ci/slurm/cluster.sh stop
+
+slurm-status:
+	.ci/slurm/cluster.sh status
+
+test-slurm: setup
+	SFW_REQUIRE_SLURM=1 $(BIN)/python -m pytest tests/test_slurm.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf results/data results/predictions results/scores results/aggregate results/charts results/logs .snakemake
