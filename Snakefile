@@ -32,6 +32,22 @@ include: "rules/charts.smk"
 include: "rules/analysis.smk"
 
 
+# Cheap post-processing runs inside the main Snakemake process, never as cluster jobs.
+localrules:
+    all,
+    aggregate,
+    chart_score_vs_ratio,
+    model_info,
+    isocost,
+    chart_iso,
+    significance,
+    chart_max_ratio,
+    scaling,
+    relative_error,
+    chart_relative_error,
+    data_card,
+
+
 rule all:
     default_target: True
     input:
@@ -40,3 +56,4 @@ rule all:
         CHARTS,
         ANALYSIS_CHARTS,
         ANALYSIS_TABLES,
+        DATA_CARDS,

@@ -26,14 +26,17 @@ def study(model: str) -> dict:
             "tasks": ["ruler_niah"], "lengths": [1024], "methods": {"dense": {}}}
 
 
-DOWNSTREAM = {"aggregate": 1, "chart_score_vs_ratio": 1, "all": 1}
+# everything downstream of the per-cell scores: aggregation, analyses, charts
+DOWNSTREAM = {"aggregate": 1, "chart_score_vs_ratio": 1, "isocost": 1, "chart_iso": 3, "significance": 1,
+              "chart_max_ratio": 1, "scaling": 1, "relative_error": 1, "chart_relative_error": 1, "all": 1}
 
 
 def test_end_to_end_and_exact_incremental_reruns(workflow, tiny_model):
     cfg = study(str(tiny_model))
     workflow.write_config(cfg)
     # both models share the tokenizer path -> one task-data job
-    assert workflow.planned_jobs() == {"task_data": 1, "infer": 4, "score": 2, **DOWNSTREAM}
+    assert workflow.planned_jobs() == {"task_data": 1, "infer": 4, "score": 2, "model_info": 1, "data_card": 1,
+                                       **DOWNSTREAM}
     workflow.run()
 
     data = pq.read_table(workflow.path(
@@ -86,13 +89,13 @@ def test_end_to_end_and_exact_incremental_reruns(workflow, tiny_model):
     grown = copy.deepcopy(cfg)
     grown["lengths"] = [1024, 2048]
     workflow.write_config(grown)
-    assert workflow.planned_jobs() == {"task_data": 1, "infer": 4, "score": 2, **DOWNSTREAM}
+    assert workflow.planned_jobs() == {"task_data": 1, "infer": 4, "score": 2, "data_card": 1, **DOWNSTREAM}
 
     # a new model sharing the tokenizer reuses the task data
     more = copy.deepcopy(cfg)
     more["models"]["tiny-c"] = dict(cfg["models"]["tiny-a"])
     workflow.write_config(more)
-    assert workflow.planned_jobs() == {"infer": 2, "score": 1, **DOWNSTREAM}
+    assert workflow.planned_jobs() == {"infer": 2, "score": 1, "model_info": 1, **DOWNSTREAM}
 
 
 def test_killed_job_leaves_no_complete_output(workflow, tiny_model):
@@ -123,4 +126,4 @@ def test_dry_run_of_a_5000_cell_study(workflow, tiny_model):
     cfg["samples"], cfg["shard_size"] = 2, 2
     workflow.write_config(cfg)
     assert workflow.planned_jobs("--quiet", "rules") == {
-        "task_data": 10, "infer": 5000, "score": 5000, **DOWNSTREAM}
+        "task_data": 10, "infer": 5000, "score": 5000, "model_info": 1, "data_card": 1, **DOWNSTREAM}

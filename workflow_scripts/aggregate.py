@@ -16,7 +16,7 @@ from pathlib import Path
 HIVE_TYPES = {"model": "VARCHAR", "task": "VARCHAR", "length": "BIGINT"}
 
 SUMMARY_SQL = """
-SELECT model, task, length, method, ratio,
+SELECT model, task, length, method, ratio, prefill_ratio, decode_ratio,
        count(*)                                  AS n,
        avg(score)                                AS mean,
        coalesce(stddev_samp(score) / sqrt(count(*)), 0) AS se,
@@ -29,7 +29,7 @@ SELECT model, task, length, method, ratio,
        max(peak_mem_mb)                          AS max_peak_mem_mb
 FROM samples
 GROUP BY ALL
-ORDER BY model, task, length, method, ratio
+ORDER BY model, task, length, method, ratio, prefill_ratio, decode_ratio
 """
 
 

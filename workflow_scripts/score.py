@@ -32,18 +32,23 @@ def score_group(task: str, data_path: str, pred_paths: list[str]):
         if cell["task"] != task:
             raise RuntimeError(f"{path} holds task {cell['task']!r}, expected {task!r}")
         ids = table.column("sample_id").to_pylist()
+        # combined prefill+decode cells carry a [prefill, decode] ratio pair: their numeric ratios live in the
+        # prediction rows (prefill_ratio, decode_ratio); `ratio` is null for them
+        combined = isinstance(cell["ratio"], (list, tuple))
+        ratio = None if combined else float(cell["ratio"])
         for i in ids:
-            key = (cell["method"], cell["ratio"], i)
+            key = (cell["method"], cell.get("ratio_key", str(cell["ratio"])), i)
             if key in seen:
                 raise RuntimeError(f"sample {i} of {cell['method']}@{cell['ratio']} appears twice ({path})")
             seen.add(key)
         scores = [float(cls.score(p, gold[i])) for i, p in zip(ids, table.column("prediction").to_pylist())]
         n = table.num_rows
         table = table.append_column("method", pa.array([cell["method"]] * n, pa.string()))
-        table = table.append_column("ratio", pa.array([float(cell["ratio"])] * n, pa.float64()))
+        table = table.append_column("ratio", pa.array([ratio] * n, pa.float64()))
         tables.append(table.append_column("score", pa.array(scores, pa.float64())))
     return pa.concat_tables(tables, promote_options="default").sort_by(
-        [("method", "ascending"), ("ratio", "ascending"), ("sample_id", "ascending")])
+        [("method", "ascending"), ("ratio", "ascending"), ("prefill_ratio", "ascending"),
+         ("decode_ratio", "ascending"), ("sample_id", "ascending")])
 
 
 def main(argv=None) -> None:
