@@ -100,14 +100,19 @@ def stage_data(cfg: dict, work: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- train
-def _batches(samples, tokens_per_batch: int, rng: random.Random):
-    """Endless batches of samples of one target length (similar sizes -> little padding)."""
+def _batches(samples, tokens_per_batch: int, rng: random.Random, progress, curriculum: float):
+    """Endless batches of samples of one target length (similar sizes -> little padding).
+
+    Length curriculum: the i-th shortest length is drawn with weight exp(-curriculum * i * (1 - progress())),
+    so training starts mostly short (retrieval is learnt there first) and ends uniform over lengths.
+    """
     by_len: dict[int, list] = {}
     for s in samples:
         by_len.setdefault(s["length"], []).append(s)
     lengths = sorted(by_len)
     while True:
-        L = rng.choice(lengths)
+        remaining = 1.0 - progress()
+        L = rng.choices(lengths, weights=[math.exp(-curriculum * i * remaining) for i in range(len(lengths))])[0]
         pool = by_len[L]
         k = max(1, tokens_per_batch // L)
         yield [pool[rng.randrange(len(pool))] for _ in range(k)]
@@ -154,8 +159,11 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
                             fused=device.type == "cuda")
     budget = t_cfg["minutes"] * 60
     rng = random.Random(cfg["seed"])
-    batches = _batches(samples, t_cfg["tokens_per_batch"], rng)
-    log, step, t0, seen_tokens = [], 0, time.time(), 0
+    t0 = time.time()
+    tokens_per_batch = t_cfg.get("tokens_per_batch_by_size", {}).get(size, t_cfg["tokens_per_batch"])
+    batches = _batches(samples, tokens_per_batch, rng, lambda: min(1.0, (time.time() - t0) / budget),
+                       t_cfg.get("curriculum", 0.0))
+    log, step, seen_tokens = [], 0, 0
     model.train()
     while True:
         elapsed = time.time() - t0
@@ -212,7 +220,7 @@ def evaluate(cfg: dict, model, tok) -> list[dict]:
                 print(f"eval {task}@{length}: skipped ({err})", flush=True)
                 continue
             scores = []
-            bs = max(1, 32768 // length)
+            bs = max(1, 65536 // length)
             for b in range(0, len(samples), bs):
                 chunk = samples[b:b + bs]
                 prompts = [tok(s.prompt, add_special_tokens=False)["input_ids"] for s in chunk]
@@ -308,6 +316,7 @@ def main(argv=None) -> None:
     if a.stage == "train-one":
         train_one(cfg, work, a.size)
     if a.stage in ("all", "train"):
+        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         procs = [subprocess.Popen([sys.executable, "-m", "workflow_scripts.train_reference", "--config", a.config,
                                    "--work", str(work), "--stage", "train-one", "--size", s], cwd=str(ROOT))
                  for s in cfg["sizes"]]
