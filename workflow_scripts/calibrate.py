@@ -50,25 +50,10 @@ class CalibrationError(RuntimeError):
 
 # ---------------------------------------------------------------------------------------------- data
 def generate_calibration_data(spec: dict) -> list[dict]:
-    """Like ``make_data.generate`` for sample ids ``first_sample + i`` (default CALIBRATION_OFFSET + i)."""
-    from .make_data import load_tokenizer
-    from .tasks import load_task_class
-    from .tasks.base import MIN_FRACTION, Renderer
+    """``make_data.generate`` for sample ids ``first_sample + i`` (default CALIBRATION_OFFSET + i)."""
+    from .make_data import generate
 
-    tok = load_tokenizer(spec["tokenizer"])
-    renderer = Renderer(tok, use_chat_template=spec["chat_template"])
-    task = load_task_class(spec["task"])(renderer, spec["length"], spec["mode"], seed=spec["seed"],
-                                        datasets_dir=spec.get("datasets_dir"), **spec["task_params"])
-    first = int(spec.get("first_sample", CALIBRATION_OFFSET))
-    low = MIN_FRACTION * spec["length"]
-    rows = []
-    for i in range(first, first + spec["samples"]):
-        row = task.build(i).row()
-        n = renderer.count(row["prompt"])
-        if not (n == row["input_tokens"] and low <= n <= spec["length"]):
-            raise RuntimeError(f"calibration sample {i}: prompt has {n} tokens, outside [{low:.0f}, {spec['length']}]")
-        rows.append(row)
-    return rows
+    return generate({**spec, "first_sample": int(spec.get("first_sample", CALIBRATION_OFFSET))})
 
 
 # ---------------------------------------------------------------------------------------------- statistics

@@ -30,7 +30,8 @@ def generate(spec: dict) -> list[dict]:
                                         datasets_dir=spec.get("datasets_dir"), **spec["task_params"])
     rows = []
     low = MIN_FRACTION * spec["length"]
-    for i in tqdm(range(spec["samples"]), desc=f"{spec['task']}@{spec['length']}", mininterval=5):
+    first = int(spec.get("first_sample", 0))        # calibration data uses ids disjoint from evaluation
+    for i in tqdm(range(first, first + spec["samples"]), desc=f"{spec['task']}@{spec['length']}", mininterval=5):
         row = task.build(i).row()
         # the final check is independent of the generator: re-tokenise the stored prompt
         n = renderer.count(row["prompt"])
