@@ -101,6 +101,13 @@ def test_every_method_end_to_end_with_calibration(workflow, tiny_model):
         assert x["decode_sparsity"] == pytest.approx(1 - 512 / x["input_tokens"])   # Quest T = 1024/2
         assert x["decode_sparsity"] == pytest.approx(q2[x["sample_id"]]["decode_sparsity"])
         assert 0.4 < x["decode_density"] < 0.7
+    # ... and through scoring into the aggregate, as its own row keyed by both ratios
+    workflow.run(target)
+    comb_rows = [s for s in pq.read_table(workflow.path(target)).to_pylist() if s["method"] == "vertical_slash+quest"]
+    assert len(comb_rows) == 1
+    assert comb_rows[0]["ratio"] is None
+    assert (comb_rows[0]["prefill_ratio"], comb_rows[0]["decode_ratio"]) == (4.0, 2.0)
+    assert comb_rows[0]["n"] == len(vs4)
 
     # one method's hyperparameter changed -> exactly its cells (+ the aggregation downstream)
     edited = copy.deepcopy(cfg)
