@@ -9,24 +9,7 @@ from sparse_kernels.budgets import block_sparse_density
 from sparse_kernels.methods import BlockSparse
 from sparse_kernels.reference import prefill_attention
 from sparse_kernels.selection import BlockSelection
-
-
-def make_qkv(B, H, G, L, D=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(B, H, L, D, generator=g), torch.randn(B, G, L, D, generator=g),
-            torch.randn(B, G, L, D, generator=g))
-
-
-def explicit_output(q, k, v, mask):
-    B, H, L, D = q.shape
-    g = H // k.shape[1]
-    kk = k[:, torch.arange(H) // g].double()
-    vv = v[:, torch.arange(H) // g].double()
-    s = torch.einsum("bhid,bhjd->bhij", q.double(), kk) / math.sqrt(D)
-    s = torch.where(mask, s, torch.full_like(s, -1e300))
-    e = torch.exp(s - s.max(-1, keepdim=True).values) * mask
-    den = e.sum(-1, keepdim=True)
-    return torch.einsum("bhij,bhjd->bhid", e / torch.where(den > 0, den, torch.ones_like(den)), vv)
+from tests.bruteforce import explicit_output, make_qkv
 
 
 def bf_blocks(q, k, top_k, bs):

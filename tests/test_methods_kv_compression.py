@@ -7,28 +7,9 @@ import torch
 
 from sparse_kernels.methods import AdaSnapKV, SnapKV
 from sparse_kernels.selection import KVSelection
+from tests.bruteforce import bf_window_probs, explicit_output, make_qkv
 
 HP = dict(window=16, kernel_size=7, local_window=8, n_sinks=1)
-
-
-def make_qkv(B, H, G, L, D=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(B, H, L, D, generator=g), torch.randn(B, G, L, D, generator=g),
-            torch.randn(B, G, L, D, generator=g))
-
-
-def bf_window_probs(q, k, w):
-    H, n, D = q.shape
-    g = H // k.shape[0]
-    w = min(w, n)
-    p = torch.zeros(H, w, n, dtype=torch.float64)
-    for h in range(H):
-        for i in range(w):
-            pos = n - w + i
-            s = (k[h // g, : pos + 1].double() @ q[h, pos].double()) / math.sqrt(D)
-            e = torch.exp(s - s.max())
-            p[h, i, : pos + 1] = e / e.sum()
-    return p
 
 
 def bf_pool(x, ks):
@@ -52,17 +33,6 @@ def bf_scores(q, k, ada, window=16, ks=7):
 
 def forced_set(n, local=8, sinks=1):
     return set(range(max(0, n - local), n)) | set(range(min(sinks, n)))
-
-
-def explicit_decode(q, k, v, keep):
-    """q [B, H, Lq, D]; keep [B, H, Lq, Lk] -> softmax written out."""
-    B, H, Lq, D = q.shape
-    g = H // k.shape[1]
-    kk, vv = k[:, torch.arange(H) // g].double(), v[:, torch.arange(H) // g].double()
-    s = torch.einsum("bhid,bhjd->bhij", q.double(), kk) / math.sqrt(D)
-    s = torch.where(keep, s, torch.full_like(s, -1e300))
-    e = torch.exp(s - s.max(-1, keepdim=True).values) * keep
-    return torch.einsum("bhij,bhjd->bhid", e / e.sum(-1, keepdim=True), vv)
 
 
 def assert_scores(method, q, k, scores, L):
@@ -160,15 +130,15 @@ def test_decode_output_and_gather(cls, L, H, G):
                 keep[0, h, i, j] = True
             keep[0, h, i, L: L + i + 1] = True  # decode tokens, causal
     assert torch.equal(sel.to_mask(H, 3, L + 3), keep)
-    torch.testing.assert_close(out.double(), explicit_decode(qd, k, v, keep), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.double(), explicit_output(qd, k, v, keep), atol=1e-5, rtol=1e-5)
     # physically compressed cache gives the same single-step output
     for side in ("left", "right"):
         kc, vc, valid = sel.gather(kp, v[:, :, :L], pad_side=side)
         k2 = torch.cat([kc, k[:, :, L:L + 1]], 2)
         v2 = torch.cat([vc, v[:, :, L:L + 1]], 2)
         keep2 = torch.cat([valid, torch.ones(1, G, 1, dtype=torch.bool)], 2).repeat_interleave(g, 1).unsqueeze(2)
-        got = explicit_decode(qd[:, :, :1], k2, v2, keep2)
-        torch.testing.assert_close(got, explicit_decode(qd[:, :, :1], k[:, :, :L + 1], v[:, :, :L + 1],
+        got = explicit_output(qd[:, :, :1], k2, v2, keep2)
+        torch.testing.assert_close(got, explicit_output(qd[:, :, :1], k[:, :, :L + 1], v[:, :, :L + 1],
                                                         keep[:, :, :1, :L + 1]), atol=1e-6, rtol=1e-6)
 
 
@@ -180,7 +150,7 @@ def test_full_budget_is_dense(cls):
         sel = m.compress(q[:, :, :L], k[:, :, :L])
         assert (sel.lengths == L).all()
         out = m.attend_decode(q[:, :, L:], k, v, sel)
-        torch.testing.assert_close(out.double(), explicit_decode(q[:, :, L:], k, v, torch.ones(1, H, 1, L + 1,
+        torch.testing.assert_close(out.double(), explicit_output(q[:, :, L:], k, v, torch.ones(1, H, 1, L + 1,
                                                                                                 dtype=torch.bool)),
                                    atol=1e-5, rtol=1e-5)
 

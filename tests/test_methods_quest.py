@@ -7,6 +7,7 @@ import torch
 
 from sparse_kernels.methods import Quest
 from sparse_kernels.selection import QuestSelection
+from tests.bruteforce import explicit_output
 
 
 def make_kv(B, G, L, D=16, seed=0):
@@ -51,16 +52,6 @@ def bf_pages(q, keys, p, T, share):
             out.append(set(sorted(range(cur), key=lambda i: -b[i])[:nh]) | {cur})
         bounds.append(b)
     return out, bounds
-
-
-def explicit_decode(q, k, v, keep):
-    B, H, _, D = q.shape
-    g = H // k.shape[1]
-    kk, vv = k[:, torch.arange(H) // g].double(), v[:, torch.arange(H) // g].double()
-    s = torch.einsum("bhid,bhjd->bhij", q.double(), kk) / math.sqrt(D)
-    s = torch.where(keep, s, torch.full_like(s, -1e300))
-    e = torch.exp(s - s.max(-1, keepdim=True).values) * keep
-    return torch.einsum("bhij,bhjd->bhid", e / e.sum(-1, keepdim=True), vv)
 
 
 def test_summaries_track_appended_tokens():
@@ -119,7 +110,7 @@ def test_page_selection_and_output(L, H, G, T, share):
             for i in sel.pages[0, h, : sel.counts[0, h]].tolist():
                 keep[0, h, 0, i * p: min((i + 1) * p, n)] = True
         assert torch.equal(sel.to_mask(), keep)
-        torch.testing.assert_close(out.double(), explicit_decode(q, k, v, keep), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out.double(), explicit_output(q, k, v, keep), atol=1e-5, rtol=1e-5)
         # attended tokens: T from history + the tokens of the current page
         in_cur = n - cur * p
         assert torch.allclose(sel.density_computed(), torch.full((1, H), (T + in_cur) / n, dtype=torch.float64))
@@ -149,7 +140,7 @@ def test_full_budget_is_dense(share):
         q = torch.randn(1, H, 1, D, generator=g)
         out, sel = m.attend(q, k2, v2, st)
         assert sel.to_mask().all()
-        torch.testing.assert_close(out.double(), explicit_decode(q, k2, v2, torch.ones(1, H, 1, L + 1,
+        torch.testing.assert_close(out.double(), explicit_output(q, k2, v2, torch.ones(1, H, 1, L + 1,
                                                                                         dtype=torch.bool)),
                                    atol=1e-5, rtol=1e-5)
 
