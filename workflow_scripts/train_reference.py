@@ -1,16 +1,19 @@
 """Train the reference model family: a BPE tokenizer and Qwen2 models of several sizes, on task generators.
 
     python -m workflow_scripts.train_reference --config studies/train_reference.yaml --work WORK [--stage all]
+    (or `snakemake train_reference`, rules/train.smk)
 
-Stages (each resumable; outputs under WORK):
+Stages (outputs under WORK):
   tokenizer  BPE tokenizer (tokenizers, ChatML chat template) trained on text of every task generator
-  data       direct-mode samples (prompt + "<answer>…</answer>") per task × length, seeds disjoint from evaluation,
-             generated in parallel processes and stored as token ids with a loss mask
-  train      one process per size, concurrently on one GPU; time-budgeted, cosine schedule on elapsed time
-  (each train process then evaluates its model densely on the evaluation seeds and writes its model card)
+  train      generator processes write fresh direct-mode samples (prompt + "<answer>…</answer>" + EOS, seeds
+             disjoint from evaluation) into a stream folder while one trainer process per size reads it; all
+             sizes train concurrently on one GPU, each for a wall-clock budget (cosine schedule on elapsed time),
+             then evaluate densely on the evaluation seeds and write their model card.
 
 The result is WORK/models/<size>/: bf16 safetensors shards (<= 15 MB each), tokenizer, README.md model card,
-training_log.json. Needs a CUDA GPU for the train stage.
+training_log.json (loss curve, retrieval probes, evaluation). Needs a CUDA GPU for the train stage (a CPU run
+only serves smoke tests). Because the data stream is produced concurrently, which samples a step sees depends
+on timing: the recipe, seeds and budgets are fixed, the weights are not bit-reproducible.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -51,86 +55,146 @@ def stage_tokenizer(cfg: dict, work: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- data
-def _gen_chunk(args):
-    tok_dir, task, length, ids, seed, params = args
+# Training data is generated while the models train: a pool of generator processes writes chunks of fresh
+# samples (never-seen seeds) into a stream folder that every trainer reads. Retrieval is learnt from many distinct
+# instances; a fixed pre-generated set (attempts 1-2: 16,800 samples, 4 epochs) was memorised instead.
+
+def _chunk_plan(cfg: dict) -> tuple[list[tuple[str, int]], list[float]]:
+    """(task, length) pairs and their draw weights: task weight x token share of the length / length."""
+    d = cfg["data"]
+    pairs, weights = [], []
+    for task in d["tasks"]:
+        for length in d["lengths"]:
+            pairs.append((task, length))
+            weights.append(d.get("task_weights", {}).get(task, 1.0) * d["length_share"][length] / length)
+    return pairs, weights
+
+
+def _generator(cfg: dict, work: Path, stream: Path, worker: int, n_workers: int) -> None:
+    """Endless producer: chunks of ``chunk`` direct-mode samples of one (task, length), token ids + answer ids."""
+    import torch
     from transformers import AutoTokenizer
 
     from .tasks import load_task_class
     from .tasks.base import LengthError, Renderer
 
-    tok = AutoTokenizer.from_pretrained(tok_dir)
-    task_obj = load_task_class(task)(Renderer(tok), length, "direct", seed=seed, **params)
-    out = []
-    for i in ids:
-        try:
-            s = task_obj.build(i)
-        except LengthError:      # rare at short lengths with coarse items: skip this training sample
-            continue
-        p = tok(s.prompt, add_special_tokens=False)["input_ids"]
-        a = tok(answer_text(s.answer), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        out.append((p, a))
-    return task, length, out
+    torch.set_num_threads(1)
+    d = cfg["data"]
+    tok = AutoTokenizer.from_pretrained(str(work / "tokenizer"))
+    rng = random.Random(cfg["seed"] * 1000 + worker)
+    pairs, weights = _chunk_plan(cfg)
+    id_dtype = torch.int16 if len(tok) <= 32767 else torch.int32
+    tasks: dict = {}
+    dead: set = set()
+    counter = 0
+    seq = 0
+    while True:
+        k = rng.choices(range(len(pairs)), weights=[0.0 if i in dead else w for i, w in enumerate(weights)])[0]
+        task, length = pairs[k]
+        if k not in tasks:
+            try:
+                tasks[k] = load_task_class(task)(Renderer(tok), length, "direct",
+                                                 seed=cfg["seed"] + d["seed_offset"],
+                                                 **cfg.get("task_params", {}).get(task, {}))
+            except (LengthError, ValueError) as err:
+                print(f"generator: {task}@{length} unavailable ({err})", flush=True)
+                dead.add(k)
+                continue
+        out = []
+        for _ in range(d["chunk"]):
+            sample_id = worker + n_workers * counter      # unique across workers; evaluation uses seed 43
+            counter += 1
+            try:
+                s = tasks[k].build(sample_id)
+            except LengthError:
+                continue
+            p = tok(s.prompt, add_special_tokens=False)["input_ids"]
+            a = tok(answer_text(s.answer), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            out.append({"task": task, "length": length, "ids": torch.tensor(p + a, dtype=id_dtype),
+                        "prompt_len": len(p)})
+        tmp = stream / f".{worker}_{seq}.tmp"
+        torch.save(out, tmp)
+        os.replace(tmp, stream / f"{worker:03d}_{seq:06d}.pt")
+        seq += 1
 
 
-def stage_data(cfg: dict, work: Path) -> None:
+def start_generators(cfg: dict, work: Path, stream: Path) -> list:
     import multiprocessing as mp
 
-    import torch
+    stream.mkdir(parents=True, exist_ok=True)
+    ctx = mp.get_context("fork")    # before any CUDA use in the parent
+    n = cfg["data"]["workers"]
+    procs = [ctx.Process(target=_generator, args=(cfg, work, stream, w, n), daemon=True) for w in range(n)]
+    for p in procs:
+        p.start()
+    return procs
 
-    out = work / "data.pt"
-    if out.exists():
-        return
-    d = cfg["data"]
-    n, seed = d["samples_per_task_length"], cfg["seed"] + d["seed_offset"]
-    jobs = []
-    for task in d["tasks"]:
-        for length in d["lengths"]:
-            for start in range(0, n, 50):
-                jobs.append((str(work / "tokenizer"), task, length, list(range(start, min(start + 50, n))), seed,
-                             cfg.get("task_params", {}).get(task, {})))
-    random.Random(0).shuffle(jobs)          # balance long and short chunks across workers
-    t0 = time.time()
-    samples = []
-    with mp.get_context("fork").Pool(d["workers"]) as pool:
-        for task, length, items in pool.imap_unordered(_gen_chunk, jobs):
-            samples += [{"task": task, "length": length, "prompt": p, "answer": a} for p, a in items]
-    tokens = sum(len(s["prompt"]) + len(s["answer"]) for s in samples)
-    torch.save(samples, out)
-    print(f"data: {len(samples)} samples, {tokens / 1e6:.1f}M tokens in {time.time() - t0:.0f}s", flush=True)
+
+class StreamPool:
+    """A trainer's view of the stream: the newest ``cap`` samples per length, refreshed from new chunk files."""
+
+    def __init__(self, stream: Path, cap: int):
+        self.stream, self.cap = stream, cap
+        self.seen: set[str] = set()
+        self.by_len: dict[int, list] = {}
+        self.loaded = 0
+
+    def refresh(self) -> None:
+        import torch
+
+        for entry in sorted(os.scandir(self.stream), key=lambda e: e.name):
+            if entry.name.startswith(".") or entry.name in self.seen:
+                continue
+            self.seen.add(entry.name)
+            for s in torch.load(entry.path):
+                pool = self.by_len.setdefault(s["length"], [])
+                pool.append(s)
+                self.loaded += 1
+            for L, pool in self.by_len.items():
+                if len(pool) > self.cap:
+                    del pool[:len(pool) - self.cap]
+
+    def wait(self, lengths, timeout: float = 300.0) -> None:
+        t0 = time.time()
+        while True:
+            self.refresh()
+            if all(self.by_len.get(L) for L in lengths):
+                return
+            if time.time() - t0 > timeout:
+                raise RuntimeError(f"no training data for lengths {[L for L in lengths if not self.by_len.get(L)]}"
+                                   f" after {timeout:.0f}s (generators failed?)")
+            time.sleep(1.0)
 
 
 # ----------------------------------------------------------------------------------------------- train
-def _batches(samples, tokens_per_batch: int, rng: random.Random, progress, curriculum: float):
-    """Endless batches of samples of one target length (similar sizes -> little padding).
-
-    Length curriculum: the i-th shortest length is drawn with weight exp(-curriculum * i * (1 - progress())),
-    so training starts mostly short (retrieval is learnt there first) and ends uniform over lengths.
-    """
-    by_len: dict[int, list] = {}
-    for s in samples:
-        by_len.setdefault(s["length"], []).append(s)
-    lengths = sorted(by_len)
-    while True:
-        remaining = 1.0 - progress()
-        L = rng.choices(lengths, weights=[math.exp(-curriculum * i * remaining) for i in range(len(lengths))])[0]
-        pool = by_len[L]
-        k = max(1, tokens_per_batch // L)
-        yield [pool[rng.randrange(len(pool))] for _ in range(k)]
+def length_weights(lengths: list[int], share: dict, curriculum: float, progress: float) -> list[float]:
+    """Batch-length draw weights: the i-th shortest length weighs share[L] * exp(-curriculum * i * (1 - progress)),
+    so training starts mostly short (retrieval is learnt there first) and ends at the configured shares."""
+    return [share[L] * math.exp(-curriculum * i * (1.0 - progress)) for i, L in enumerate(sorted(lengths))]
 
 
 def _collate(batch, pad_id: int, context_weight: float, device):
     import torch
 
-    width = max(len(s["prompt"]) + len(s["answer"]) for s in batch)
+    width = max(len(s["ids"]) for s in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     w = torch.zeros((len(batch), width), dtype=torch.float32)
     for i, s in enumerate(batch):
-        seq = s["prompt"] + s["answer"]
-        ids[i, :len(seq)] = torch.tensor(seq)
+        n, p = len(s["ids"]), s["prompt_len"]
+        ids[i, :n] = s["ids"]
         # weight of predicting token t (position t-1 predicts it): context tokens light, answer tokens 1
-        w[i, 1:len(s["prompt"])] = context_weight
-        w[i, len(s["prompt"]):len(seq)] = 1.0
+        w[i, 1:p] = context_weight
+        w[i, p:n] = 1.0
     return ids.to(device, non_blocking=True), w.to(device, non_blocking=True)
+
+
+def size_config(cfg: dict, size: str) -> tuple[dict, dict]:
+    """(architecture, run config) of one size: per-size ``train``/``eval`` entries override the shared ones."""
+    entry = dict(cfg["sizes"][size])
+    run = {k: dict(cfg[k]) for k in ("train", "eval")}
+    for k in ("train", "eval"):
+        run[k].update(entry.pop(k, {}) or {})
+    return entry, run
 
 
 def train_one(cfg: dict, work: Path, size: str) -> None:
@@ -141,12 +205,11 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
     out_dir = work / "models" / size
     if (out_dir / "README.md").exists():
         return
-    t_cfg = cfg["train"]
+    arch, run = size_config(cfg, size)
+    t_cfg = run["train"]
     torch.manual_seed(cfg["seed"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")   # cpu: smoke tests only
     tok = AutoTokenizer.from_pretrained(str(work / "tokenizer"))
-    samples = torch.load(work / "data.pt")
-    arch = cfg["sizes"][size]
     mcfg = Qwen2Config(vocab_size=len(tok), tie_word_embeddings=True, rope_theta=t_cfg["rope_theta"],
                        max_position_embeddings=t_cfg["max_position_embeddings"], eos_token_id=tok.eos_token_id,
                        pad_token_id=tok.pad_token_id, bos_token_id=None, **arch)
@@ -157,24 +220,38 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": t_cfg["weight_decay"]},
                              {"params": no_decay, "weight_decay": 0.0}], lr=t_cfg["lr"], betas=(0.9, 0.95),
                             fused=device.type == "cuda")
+    lengths = sorted(cfg["data"]["lengths"])
+    share = {L: cfg["data"]["length_share"][L] for L in lengths}
+    pool = StreamPool(Path(cfg["data"]["stream"]), cfg["data"]["pool_cap"])
+    pool.wait(lengths[:1])
+    probes = _probe_set(cfg, tok)
     budget = t_cfg["minutes"] * 60
     rng = random.Random(cfg["seed"])
+    log, probe_log, step, seen_tokens = [], [], 0, 0
     t0 = time.time()
-    tokens_per_batch = t_cfg.get("tokens_per_batch_by_size", {}).get(size, t_cfg["tokens_per_batch"])
-    batches = _batches(samples, tokens_per_batch, rng, lambda: min(1.0, (time.time() - t0) / budget),
-                       t_cfg.get("curriculum", 0.0))
-    log, step, seen_tokens = [], 0, 0
+    next_probe = t_cfg.get("probe_seconds", 0) or float("inf")
     model.train()
     while True:
         elapsed = time.time() - t0
         if elapsed >= budget:
             break
         frac = elapsed / budget
+        if step % 20 == 0:
+            pool.refresh()
+        if elapsed >= next_probe:
+            probe_log.append({"seconds": round(elapsed, 1), "step": step, **_probe(model, tok, probes, run["eval"])})
+            print(f"[{size}] probe t={elapsed:.0f}s {probe_log[-1]}", flush=True)
+            next_probe += t_cfg["probe_seconds"]
+            model.train()
         lr = t_cfg["lr"] * min(1.0, (step + 1) / t_cfg["warmup_steps"]) * (
             t_cfg["min_lr_fraction"] + (1 - t_cfg["min_lr_fraction"]) * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
             g["lr"] = lr
-        ids, w = _collate(next(batches), tok.pad_token_id, t_cfg["context_weight"], device)
+        avail = [L for L in lengths if pool.by_len.get(L)]
+        L = rng.choices(avail, weights=length_weights(avail, share, t_cfg.get("curriculum", 0.0), frac))[0]
+        k = max(1, t_cfg["tokens_per_batch"] // L)
+        batch = [pool.by_len[L][rng.randrange(len(pool.by_len[L]))] for _ in range(k)]
+        ids, w = _collate(batch, tok.pad_token_id, t_cfg["context_weight"], device)
         with torch.autocast(device.type, dtype=torch.bfloat16):
             logits = model(input_ids=ids).logits
         ce = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
@@ -186,31 +263,69 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         seen_tokens += int(ids.numel())
-        if step % 25 == 0:
+        if step % 50 == 0:
             ans = (wt == 1.0)
             ans_loss = float((ce.detach() * ans).sum() / ans.sum())
-            log.append({"step": step, "seconds": round(elapsed, 1), "lr": lr, "loss": float(loss.detach()),
-                        "answer_loss": ans_loss, "tokens": seen_tokens})
-            print(f"[{size}] step {step} t={elapsed:.0f}s loss={float(loss.detach()):.3f} answer={ans_loss:.3f} "
-                  f"tok={seen_tokens / 1e6:.0f}M", flush=True)
+            log.append({"step": step, "seconds": round(elapsed, 1), "lr": lr, "length": L, "loss": float(loss.detach()),
+                        "answer_loss": ans_loss, "tokens": seen_tokens, "stream_samples": pool.loaded})
+            print(f"[{size}] step {step} t={elapsed:.0f}s L={L} loss={float(loss.detach()):.3f} answer={ans_loss:.3f} "
+                  f"tok={seen_tokens / 1e6:.0f}M stream={pool.loaded}", flush=True)
         step += 1
+    train_s = time.time() - t0
     model.eval()
-    results = evaluate(cfg, model, tok)
-    save_model(model, tok, out_dir, size, cfg, n_params, step, seen_tokens, time.time() - t0, log, results)
+    save_weights(model, tok, out_dir)        # before evaluation: a cut-off run still leaves the weights
+    results = evaluate(cfg, run["eval"], model, tok)
+    write_card(out_dir, size, cfg, n_params, step, seen_tokens, train_s, log, probe_log, results, pool.loaded)
 
 
-def evaluate(cfg: dict, model, tok) -> list[dict]:
-    """Dense accuracy per task and length on the evaluation seeds (the default study's samples)."""
+def _probe_set(cfg: dict, tok) -> dict:
+    """A few fixed evaluation prompts (evaluation seeds) to follow retrieval accuracy during training."""
+    from .tasks import load_task_class
+    from .tasks.base import Renderer
+
+    out = {}
+    for spec in cfg["train"].get("probes", []):
+        task, length = spec.split("@")
+        cls = load_task_class(task)
+        t = cls(Renderer(tok), int(length), "direct", seed=43, **cfg.get("task_params", {}).get(task, {}))
+        out[spec] = (cls, [t.build(i) for i in range(cfg["train"].get("probe_samples", 8))])
+    return out
+
+
+def _probe(model, tok, probes: dict, e: dict) -> dict:
+    model.eval()
+    return {spec: round(_accuracy(model, tok, cls, samples, max_new_tokens(e, spec.split("@")[0])), 3)
+            for spec, (cls, samples) in probes.items()}
+
+
+def max_new_tokens(e: dict, task: str) -> int:
+    return e.get("max_new_tokens_by_task", {}).get(task, e["max_new_tokens"])
+
+
+def _accuracy(model, tok, cls, samples, max_new_tokens: int, tokens_per_batch: int = 65536) -> float:
+    """Dense greedy accuracy of ``model`` on ``samples`` of task class ``cls`` (batched, left padding)."""
     import torch
 
     from sparse_kernels.hf.generate import greedy_generate
 
+    prompts = [tok(s.prompt, add_special_tokens=False)["input_ids"] for s in samples]
+    bs = max(1, tokens_per_batch // max(len(p) + max_new_tokens for p in prompts))
+    scores = []
+    for b in range(0, len(samples), bs):
+        with torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16):
+            gen = greedy_generate(model, prompts[b:b + bs], max_new_tokens, {tok.eos_token_id}, tok.pad_token_id)
+        for s, toks in zip(samples[b:b + bs], gen.tokens):
+            scores.append(cls.score(tok.decode(toks, skip_special_tokens=True), s.gold))
+    return sum(scores) / len(scores)
+
+
+def evaluate(cfg: dict, e: dict, model, tok) -> list[dict]:
+    """Dense accuracy per task and length on the evaluation seeds (the default study's samples)."""
     from .tasks import load_task_class
     from .tasks.base import LengthError, Renderer
 
-    e = cfg["eval"]
     results = []
-    for task in cfg["data"]["tasks"]:
+    for task in e.get("tasks", cfg["data"]["tasks"]):
         cls = load_task_class(task)
         for length in e["lengths"]:
             t = cls(Renderer(tok), length, "direct", seed=43, **cfg.get("task_params", {}).get(task, {}))
@@ -219,22 +334,14 @@ def evaluate(cfg: dict, model, tok) -> list[dict]:
             except LengthError as err:
                 print(f"eval {task}@{length}: skipped ({err})", flush=True)
                 continue
-            scores = []
-            bs = max(1, 65536 // length)
-            for b in range(0, len(samples), bs):
-                chunk = samples[b:b + bs]
-                prompts = [tok(s.prompt, add_special_tokens=False)["input_ids"] for s in chunk]
-                with torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16):
-                    gen = greedy_generate(model, prompts, e["max_new_tokens"], {tok.eos_token_id}, tok.pad_token_id)
-                for s, toks in zip(chunk, gen.tokens):
-                    scores.append(cls.score(tok.decode(toks, skip_special_tokens=True), s.gold))
-            results.append({"task": task, "length": length, "n": len(scores), "accuracy": sum(scores) / len(scores)})
-            print(f"eval {task}@{length}: {results[-1]['accuracy']:.3f}", flush=True)
+            acc = _accuracy(model, tok, cls, samples, max_new_tokens(e, task), e.get("tokens_per_batch", 65536))
+            results.append({"task": task, "length": length, "n": len(samples), "accuracy": acc})
+            print(f"eval {task}@{length}: {acc:.3f}", flush=True)
     return results
 
 
-def save_model(model, tok, out_dir: Path, size: str, cfg: dict, n_params: int, steps: int, tokens: int,
-               seconds: float, log: list, results: list) -> None:
+def save_weights(model, tok, out_dir: Path) -> None:
+    """bf16 safetensors shards (<= 15 MB each) and the tokenizer, written atomically to ``out_dir``."""
     import torch
 
     from .io import atomic_dir
@@ -245,18 +352,29 @@ def save_model(model, tok, out_dir: Path, size: str, cfg: dict, n_params: int, s
         model.generation_config.pad_token_id = tok.pad_token_id
         model.save_pretrained(str(tmp), max_shard_size="15MB")
         tok.save_pretrained(str(tmp))
-        (tmp / "training_log.json").write_text(json.dumps(
-            {"size": size, "n_params": n_params, "steps": steps, "tokens": tokens, "seconds": seconds,
-             "config": cfg, "log": log, "eval": results}, indent=1))
-        (tmp / "README.md").write_text(model_card(size, cfg, n_params, steps, tokens, seconds, log, results))
         for f in tmp.iterdir():
             f.chmod(0o644)
 
 
-def model_card(size, cfg, n_params, steps, tokens, seconds, log, results) -> str:
-    arch = cfg["sizes"][size]
-    lengths = cfg["eval"]["lengths"]
-    tasks = cfg["data"]["tasks"]
+def write_card(out_dir: Path, size: str, cfg: dict, n_params: int, steps: int, tokens: int, seconds: float,
+               log: list, probe_log: list, results: list, stream_samples: int) -> None:
+    """training_log.json, then README.md (the model card; its presence marks the size as done)."""
+    from .io import atomic_path
+
+    with atomic_path(out_dir / "training_log.json") as tmp:
+        tmp.write_text(json.dumps(
+            {"size": size, "n_params": n_params, "steps": steps, "tokens": tokens, "seconds": seconds,
+             "stream_samples": stream_samples, "config": cfg, "log": log, "probes": probe_log, "eval": results},
+            indent=1))
+    with atomic_path(out_dir / "README.md") as tmp:
+        tmp.write_text(model_card(size, cfg, n_params, steps, tokens, seconds, log, probe_log, results,
+                                  stream_samples))
+
+
+def model_card(size, cfg, n_params, steps, tokens, seconds, log, probe_log, results, stream_samples) -> str:
+    arch, run = size_config(cfg, size)
+    t_cfg, lengths = run["train"], run["eval"]["lengths"]
+    tasks = run["eval"].get("tasks", cfg["data"]["tasks"])
     acc = {(r["task"], r["length"]): r["accuracy"] for r in results}
 
     def cell(t, L):
@@ -272,6 +390,10 @@ def model_card(size, cfg, n_params, steps, tokens, seconds, log, results) -> str
     rows.append("| **mean** | " + " | ".join(mean(L) for L in lengths) + " |")
     first, last = log[0], log[-1]
     mid = log[len(log) // 2]
+    probes = "; ".join(f"{p['seconds'] / 60:.1f} min: " + ", ".join(f"{k} {v:.2f}" for k, v in p.items()
+                                                                       if k not in ("seconds", "step"))
+                       for p in probe_log) or "none"
+    d = cfg["data"]
     return f"""# {size} — sparse-frontier reference model
 
 A small long-context causal LM trained by the sparse-frontier workflow project as an offline testbed for
@@ -284,14 +406,15 @@ It only knows the project's synthetic and story tasks in the **direct-answer** p
 | layers / hidden / MLP | {arch['num_hidden_layers']} / {arch['hidden_size']} / {arch['intermediate_size']} |
 | q heads / kv heads | {arch['num_attention_heads']} / {arch['num_key_value_heads']} |
 | vocabulary | {cfg['tokenizer']['vocab_size']} BPE tokens (trained on the task generators' text), ChatML chat template |
-| RoPE base / max positions | {cfg['train']['rope_theta']:g} / {cfg['train']['max_position_embeddings']} |
-| training data | {', '.join(tasks)} at lengths {', '.join(map(str, cfg['data']['lengths']))}; {cfg['data']['samples_per_task_length']} samples per task × length, seeds offset by {cfg['data']['seed_offset']:,} (disjoint from evaluation) |
-| objective | next-token loss, weight 1 on answer tokens and {cfg['train']['context_weight']} on prompt tokens |
-| training | {steps} steps, {tokens / 1e6:.0f}M tokens (padded), {seconds / 60:.1f} min on one H100, AdamW lr {cfg['train']['lr']:g} cosine on elapsed time |
+| RoPE base / max positions | {t_cfg['rope_theta']:g} / {t_cfg['max_position_embeddings']} |
+| training data | {', '.join(d['tasks'])} at lengths {', '.join(map(str, d['lengths']))}, generated while training ({stream_samples:,} fresh samples read), seeds offset by {d['seed_offset']:,} (disjoint from evaluation) |
+| objective | next-token loss, weight 1 on answer tokens and {t_cfg['context_weight']} on prompt tokens |
+| training | {steps} steps, {tokens / 1e6:.0f}M tokens (padded), {seconds / 60:.1f} min on one H100, AdamW lr {t_cfg['lr']:g} cosine on elapsed time |
 | loss (weighted / answer-only) | start {first['loss']:.3f} / {first['answer_loss']:.3f}, middle {mid['loss']:.3f} / {mid['answer_loss']:.3f}, end {last['loss']:.3f} / {last['answer_loss']:.3f} |
+| retrieval probes during training | {probes} |
 | weights | bf16 safetensors, shards ≤ 15 MB |
 
-## Dense accuracy (direct mode, {cfg['eval']['samples']} evaluation samples per cell, seeds 43 + i)
+## Dense accuracy (direct mode, {run['eval']['samples']} evaluation samples per cell, seeds 43 + i)
 
 {chr(10).join(rows)}
 
@@ -299,30 +422,56 @@ Retrain with `snakemake train_reference` (recipe `studies/train_reference.yaml`,
 """
 
 
+def load_config(paths: list[str]) -> dict:
+    """The recipe, later files deep-merged over earlier ones (e.g. an overlay that adds ablation sizes)."""
+    def merge(a, b):
+        for k, v in b.items():
+            a[k] = merge(dict(a[k]), v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+        return a
+
+    cfg: dict = {}
+    for p in paths:
+        cfg = merge(cfg, yaml.safe_load(open(p)) or {})
+    return cfg
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(ROOT / "studies" / "train_reference.yaml"))
+    ap.add_argument("--config", action="append", help="recipe YAML (repeatable: later files override earlier)")
     ap.add_argument("--work", required=True)
-    ap.add_argument("--stage", choices=["all", "tokenizer", "data", "train", "train-one"], default="all")
-    ap.add_argument("--size")
+    ap.add_argument("--stage", choices=["all", "tokenizer", "train", "train-one"], default="all")
+    ap.add_argument("--size", help="train-one: the size to train")
+    ap.add_argument("--sizes", help="train: comma-separated subset of the recipe's sizes")
     a = ap.parse_args(argv)
-    cfg = yaml.safe_load(open(a.config))
+    a.config = a.config or [str(ROOT / "studies" / "train_reference.yaml")]
+    cfg = load_config(a.config)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
+    cfg["data"].setdefault("stream", str(work / "stream"))
     if a.stage in ("all", "tokenizer"):
         stage_tokenizer(cfg, work)
-    if a.stage in ("all", "data"):
-        stage_data(cfg, work)
     if a.stage == "train-one":
         train_one(cfg, work, a.size)
     if a.stage in ("all", "train"):
+        sizes = a.sizes.split(",") if a.sizes else list(cfg["sizes"])
+        unknown = [s for s in sizes if s not in cfg["sizes"]]
+        if unknown:
+            raise SystemExit(f"--sizes: unknown size(s) {unknown}; the recipe has {list(cfg['sizes'])}")
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-        procs = [subprocess.Popen([sys.executable, "-m", "workflow_scripts.train_reference", "--config", a.config,
-                                   "--work", str(work), "--stage", "train-one", "--size", s], cwd=str(ROOT))
-                 for s in cfg["sizes"]]
-        codes = [p.wait() for p in procs]
+        stream = Path(cfg["data"]["stream"])
+        shutil.rmtree(stream, ignore_errors=True)      # chunks of an earlier run would skew the length mix
+        gens = start_generators(cfg, work, stream)
+        cmd = [sys.executable, "-m", "workflow_scripts.train_reference", "--work", str(work), "--stage", "train-one"]
+        for c in a.config:
+            cmd += ["--config", c]
+        try:
+            procs = [subprocess.Popen(cmd + ["--size", s], cwd=str(ROOT)) for s in sizes]
+            codes = [p.wait() for p in procs]
+        finally:
+            for g in gens:
+                g.terminate()
         if any(codes):
-            raise SystemExit(f"training failed: exit codes {codes}")
+            raise SystemExit(f"training failed: exit codes {dict(zip(sizes, codes))}")
 
 
 if __name__ == "__main__":
