@@ -31,6 +31,8 @@ from pathlib import Path
 
 import yaml
 
+from .io import atomic_dir, atomic_path
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -203,7 +205,7 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
     out_dir = work / "models" / size
-    if (out_dir / "README.md").exists():
+    if (out_dir / "training_log.json").exists():
         return
     arch, run = size_config(cfg, size)
     t_cfg = run["train"]
@@ -229,7 +231,7 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
     rng = random.Random(cfg["seed"])
     log, probe_log, step, seen_tokens = [], [], 0, 0
     t0 = time.time()
-    next_probe = t_cfg.get("probe_seconds", 0) or float("inf")
+    next_probe = (t_cfg.get("probe_seconds", 0) if probes else 0) or float("inf")
     model.train()
     while True:
         elapsed = time.time() - t0
@@ -274,8 +276,32 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
     train_s = time.time() - t0
     model.eval()
     save_weights(model, tok, out_dir)        # before evaluation: a cut-off run still leaves the weights
-    results = evaluate(cfg, run["eval"], model, tok)
-    write_card(out_dir, size, cfg, n_params, step, seen_tokens, train_s, log, probe_log, results, pool.loaded)
+    write_log(out_dir, {"size": size, "n_params": n_params, "steps": step, "tokens": seen_tokens,
+                        "seconds": train_s, "stream_samples": pool.loaded, "config": cfg, "log": log,
+                        "probes": probe_log})
+    if run["eval"].get("after_training", True):
+        evaluate_size(cfg, work, size, model, tok)
+
+
+def evaluate_size(cfg: dict, work: Path, size: str, model=None, tok=None) -> None:
+    """Dense evaluation of a trained size; adds the results to training_log.json and writes the model card."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out_dir = work / "models" / size
+    if (out_dir / "README.md").exists():
+        return
+    if model is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        tok = AutoTokenizer.from_pretrained(str(out_dir))
+        model = AutoModelForCausalLM.from_pretrained(str(out_dir), dtype=torch.bfloat16).to(device).eval()
+    _, run = size_config(cfg, size)
+    record = json.loads((out_dir / "training_log.json").read_text())
+    record["eval"] = evaluate(cfg, run["eval"], model, tok)
+    record["n_params"] = sum(p.numel() for p in model.parameters())
+    write_log(out_dir, record)
+    with atomic_path(out_dir / "README.md") as tmp:
+        tmp.write_text(model_card(size, cfg, record))
 
 
 def _probe_set(cfg: dict, tok) -> dict:
@@ -344,8 +370,6 @@ def save_weights(model, tok, out_dir: Path) -> None:
     """bf16 safetensors shards (<= 15 MB each) and the tokenizer, written atomically to ``out_dir``."""
     import torch
 
-    from .io import atomic_dir
-
     with atomic_dir(out_dir) as tmp:
         model.to(torch.bfloat16)
         model.generation_config.eos_token_id = tok.eos_token_id
@@ -356,22 +380,16 @@ def save_weights(model, tok, out_dir: Path) -> None:
             f.chmod(0o644)
 
 
-def write_card(out_dir: Path, size: str, cfg: dict, n_params: int, steps: int, tokens: int, seconds: float,
-               log: list, probe_log: list, results: list, stream_samples: int) -> None:
-    """training_log.json, then README.md (the model card; its presence marks the size as done)."""
-    from .io import atomic_path
-
+def write_log(out_dir: Path, record: dict) -> None:
     with atomic_path(out_dir / "training_log.json") as tmp:
-        tmp.write_text(json.dumps(
-            {"size": size, "n_params": n_params, "steps": steps, "tokens": tokens, "seconds": seconds,
-             "stream_samples": stream_samples, "config": cfg, "log": log, "probes": probe_log, "eval": results},
-            indent=1))
-    with atomic_path(out_dir / "README.md") as tmp:
-        tmp.write_text(model_card(size, cfg, n_params, steps, tokens, seconds, log, probe_log, results,
-                                  stream_samples))
+        tmp.write_text(json.dumps(record, indent=1))
 
 
-def model_card(size, cfg, n_params, steps, tokens, seconds, log, probe_log, results, stream_samples) -> str:
+def model_card(size: str, cfg: dict, record: dict) -> str:
+    """The model card (README.md) from the recipe and the run's record (training_log.json)."""
+    n_params, steps, tokens, seconds = record["n_params"], record["steps"], record["tokens"], record["seconds"]
+    log, probe_log, results = record["log"], record["probes"], record["eval"]
+    stream_samples = record["stream_samples"]
     arch, run = size_config(cfg, size)
     t_cfg, lengths = run["train"], run["eval"]["lengths"]
     tasks = run["eval"].get("tasks", cfg["data"]["tasks"])
@@ -439,7 +457,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", action="append", help="recipe YAML (repeatable: later files override earlier)")
     ap.add_argument("--work", required=True)
-    ap.add_argument("--stage", choices=["all", "tokenizer", "train", "train-one"], default="all")
+    ap.add_argument("--stage", choices=["all", "tokenizer", "train", "train-one", "eval"], default="all",
+                    help="all = tokenizer + train (+ evaluation unless eval.after_training is false); "
+                         "eval = evaluate trained sizes that have no model card yet")
     ap.add_argument("--size", help="train-one: the size to train")
     ap.add_argument("--sizes", help="train: comma-separated subset of the recipe's sizes")
     a = ap.parse_args(argv)
@@ -472,6 +492,9 @@ def main(argv=None) -> None:
                 g.terminate()
         if any(codes):
             raise SystemExit(f"training failed: exit codes {dict(zip(sizes, codes))}")
+    if a.stage == "eval":
+        for s in (a.sizes.split(",") if a.sizes else list(cfg["sizes"])):
+            evaluate_size(cfg, work, s)
 
 
 if __name__ == "__main__":
