@@ -18,6 +18,12 @@ drop in through :class:`NamespaceExecutor` (``make_executor("triton")``).
 * :class:`ReferenceExecutor` — exact masked attention from ``sparse_kernels.reference`` (fp32 softmax, kv heads
   expanded), one batch row and 1024 query rows at a time: memory O(H * 1024 * n) for prefill. The ground
   truth and the CPU default; slow and memory-hungry at 16k+ on a GPU.
+Static-cache decode (the fast decode path of ``generate.greedy_generate(fast_decode=...)``): the cache has a
+fixed capacity and only a prefix of it is written, so the session calls :meth:`Executor.span_decode` with the
+attended slot range as *device* tensors (``start [B, Hkv]``, ``end [B]``) and never reads them on the host.
+Every executor's ``span_decode`` (and ``quest_decode`` on a selection whose ``token_mask`` has a static size)
+is free of host synchronisation, so it can be captured in a CUDA graph.
+
 * :class:`TorchExecutor` — the same mathematics with bounded memory: dense prefill through
   ``scaled_dot_product_attention(is_causal=True)`` one batch row at a time (flash / memory-efficient kernels
   on CUDA, no mask), sparse prefill one kv head and one chunk of query rows at a time (memory
@@ -56,6 +62,20 @@ class Executor:
     def quest_decode(self, q, k, v, selection: QuestSelection, scale: float) -> torch.Tensor:
         """One Quest step over the selected pages (default: as a masked decode)."""
         return self.decode(q, k, v, selection.token_mask(), scale)
+
+    def span_decode(self, q, k, v, start: torch.Tensor, end: torch.Tensor, scale: float) -> torch.Tensor:
+        """Decode queries q [B, H, 1, D] over the slots ``[start, end)`` of a statically sized cache k, v
+        [B, Hkv, C, D] (``start`` [B, Hkv], ``end`` [B]: device tensors, never read on the host). Default: a
+        masked decode with the mask built on the device (static shapes)."""
+        return self.decode(q, k, v, span_mask(start, end, k.shape[2]), scale)
+
+
+def span_mask(start: torch.Tensor, end: torch.Tensor, capacity: int) -> torch.Tensor:
+    """[B, Hkv, capacity] bool: slot s is attended iff start[b, j] <= s < end[b] (static shape, no sync)."""
+    ar = torch.arange(capacity, device=start.device)
+    if start.dim() == 1:
+        start = start.unsqueeze(1)
+    return (ar >= start.unsqueeze(-1)) & (ar < end.view(-1, 1, 1))
 
 
 def _expand_mask(mask: torch.Tensor, num_q_heads: int) -> torch.Tensor:
@@ -163,6 +183,17 @@ class TorchExecutor(Executor):
         m = _expand_mask(mask.to(torch.bool), H)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=scale, enable_gqa=H != G)
 
+    def span_decode(self, q, k, v, start, end, scale):
+        """The g q heads of a GQA group are the g query rows of one SDPA call per kv head (one mask per
+        (row, kv head)), so K / V are neither repeated nor expanded."""
+        B, H, Lq, D = q.shape
+        G = k.shape[1]
+        if Lq != 1:
+            return super().span_decode(q, k, v, start, end, scale)
+        m = span_mask(start, end, k.shape[2]).unsqueeze(2)                   # [B, G, 1, C]
+        out = F.scaled_dot_product_attention(q.reshape(B, G, H // G, D), k, v, attn_mask=m, scale=scale)
+        return out.reshape(B, H, 1, D)
+
 
 class NamespaceExecutor(Executor):
     """Adapter for executor namespaces with ``sparse_kernels.reference``'s signatures
@@ -184,6 +215,14 @@ class NamespaceExecutor(Executor):
 
     def quest_decode(self, q, k, v, selection, scale):
         return self.ns.quest_attention(q, k, v, selection, scale)
+
+    def span_decode(self, q, k, v, start, end, scale):
+        fn = getattr(self.ns, "span_decode", None)
+        if fn is None and self.name == "triton":
+            from ..triton.decode import span_decode as fn
+        if fn is None:
+            return self.fallback.span_decode(q, k, v, start, end, scale)
+        return fn(q, k, v, start, end, scale)
 
     def decode(self, q, k, v, mask, scale):
         if hasattr(self.ns, "masked_decode"):
@@ -217,4 +256,4 @@ def make_executor(name: str | Executor | None, device: torch.device | str | None
 
 
 __all__ = ["Executor", "ReferenceExecutor", "TorchExecutor", "NamespaceExecutor", "EXECUTORS", "EXECUTOR_NAMES",
-           "make_executor"]
+           "make_executor", "span_mask"]

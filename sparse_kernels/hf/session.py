@@ -21,19 +21,34 @@ A :class:`SparseSession` holds everything one generation needs and the HF model 
 Activate it around the model calls (``with session.activate(): ...``); outside an active session the
 registered attention function is plain SDPA, so a model loaded with our implementation behaves exactly like
 ``attn_implementation="sdpa"``.
+
+**Static decode** (the fast decode path, ``generate.greedy_generate(fast_decode=...)``): after prefill,
+:meth:`SparseSession.start_static_decode` freezes every shape of the decode step. Each layer cache gets its
+final capacity once (no per-step ``torch.cat``), the unwritten slots are zeroed, and the per-step quantities
+(write slot, end of the written prefix, Quest's token position and page) live in small device tensors that
+:meth:`SparseSession.static_advance` increments in place. The per-layer decode then makes no host
+synchronisation and no data-dependent shape: K/V are written with ``index_copy_`` at a device slot;
+dense and KV-compressed caches are attended over ``[start, end)`` by ``Executor.span_decode``; Quest updates
+its preallocated page summaries with a scatter and picks pages with a fixed-size ``torch.topk`` over
+candidates whose current page is ``+inf`` and later pages ``-inf`` (:func:`static_quest_pages`). The whole
+decode step can therefore be captured in a CUDA graph and replayed. The statistics of these steps are
+closed-form functions of the step count (KV compression: kept + appended over prompt + appended; Quest:
+``min(T/p, complete pages)`` pages plus the current one), so :meth:`SparseSession.finish_static_decode`
+adds them on the host at the end, from the number of steps each row was active.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import torch
 
 from ..methods._common import PHASE_DECODE, PHASE_KV_COMPRESSION, PHASE_PREFILL
-from ..selection import padding_info
+from ..selection import QuestSelection, padding_info
 from .executors import Executor, make_executor
 
 _ACTIVE: contextvars.ContextVar["SparseSession | None"] = contextvars.ContextVar("sparse_session", default=None)
@@ -62,8 +77,20 @@ class LayerCache:
         mask = torch.zeros(B, G, cap, dtype=torch.bool, device=k.device)
         keys[:, :, :L] = k
         values[:, :, :L] = v
+        keys[:, :, L:].zero_()      # unwritten slots are finite (masked-out 0 * garbage would be NaN)
+        values[:, :, L:].zero_()
         mask[:, :, :L] = valid
         return cls(keys, values, mask, L)
+
+    def ensure_capacity(self, capacity: int) -> None:
+        """Grow (once, outside the decode step) to at least ``capacity`` slots; new slots are zero."""
+        extra = int(capacity) - self.keys.shape[2]
+        if extra <= 0:
+            return
+        B, G, _, D = self.keys.shape
+        self.keys = torch.cat([self.keys, self.keys.new_zeros(B, G, extra, D)], 2)
+        self.values = torch.cat([self.values, self.values.new_zeros(B, G, extra, self.values.shape[3])], 2)
+        self.valid = torch.cat([self.valid, self.valid.new_zeros(B, G, extra)], 2)
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Add one new token per row and kv head (k, v [B, Hkv, 1, D])."""
@@ -86,6 +113,105 @@ class LayerCache:
     def head_lengths(self) -> torch.Tensor:
         """[B, Hkv] number of attended (valid) tokens per row and kv head."""
         return self.view()[2].sum(-1)
+
+
+@dataclass
+class StaticQuestSelection(QuestSelection):
+    """A :class:`QuestSelection` over a statically sized cache (``length`` = capacity) whose page ids are
+    below ``num_pages``: ``token_mask`` then has a static size and makes no host synchronisation (the base
+    class reads ``seq_lens.max()`` to size its page bitmap). Pages may be unsorted and hold ``-1`` entries."""
+
+    num_pages: int = 1
+
+    def token_mask(self) -> torch.Tensor:
+        B, H, L = self.batch, self.num_heads, self.length
+        dev = self.pages.device
+        NP = int(self.num_pages)
+        pos = torch.arange(L, device=dev).view(1, -1) - self.pad_offsets.view(-1, 1)
+        real = (pos >= 0) & (pos < self.seq_lens.view(-1, 1))
+        pm = torch.zeros(B, H, NP + 1, dtype=torch.bool, device=dev)
+        pm.scatter_(2, torch.where(self.pages < 0, torch.full_like(self.pages, NP), self.pages.clamp(max=NP)), True)
+        page_of = (pos.clamp(min=0) // self.page_size).clamp(max=NP)
+        return pm.gather(2, page_of.unsqueeze(1).expand(B, H, L)) & real.unsqueeze(1)
+
+
+@dataclass
+class _Counters:
+    """Device counters of the static decode step on one device (advanced in place by ``static_advance``):
+    ``slots [n]`` the slot the next token is written to in each of the device's n layers, ``ends [n, B]``
+    the end of the written prefix after that write, ``qpos [B]`` the row-local position of the new token,
+    ``qlen [B]`` the row-local length after it, ``qpage [B]`` its page (Quest); plus the device copies of
+    the constant tensors the layers need (``pad_offsets``, Quest's ``counts`` and ``n_eff``)."""
+
+    slots: torch.Tensor
+    ends: torch.Tensor
+    qpos: torch.Tensor
+    qlen: torch.Tensor
+    qpage: torch.Tensor
+    pad_offsets: torch.Tensor
+    counts: torch.Tensor | None = None
+    n_eff: torch.Tensor | None = None
+
+
+@dataclass
+class _StaticLayer:
+    """Static decode state of one layer: its device's counters ``dc`` and its row ``index`` there, first
+    decode slot ``base``, first attended slot per (row, kv head) ``start`` (device, int32), prompt tokens kept
+    per (row, kv head) ``kept`` (host, for the statistics), Quest page summaries ``pmin`` / ``pmax``."""
+
+    dc: _Counters
+    index: int
+    base: int
+    start: torch.Tensor
+    kept: torch.Tensor
+    pmin: torch.Tensor | None = None
+    pmax: torch.Tensor | None = None
+
+
+@dataclass
+class _StaticDecode:
+    """Static decode state: per-device counters, per-layer state, and Quest's static sizes (``num_pages``
+    pages per row, ``kmax`` earlier pages per step, ``n_hist`` = T // p per row on the host)."""
+
+    steps: int
+    counters: dict
+    layers: dict
+    quest: bool = False
+    page_size: int = 16
+    num_pages: int = 1
+    kmax: int = 0
+    n_hist: torch.Tensor | None = None
+    gpu_bounds: bool = False
+
+
+def limit_candidates(bounds: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
+    """Candidates of the fixed-size Quest top-k from bounds [B, S, P]: pages ``< cur`` keep their bound, the
+    current page ``cur`` [B] gets ``+inf`` (always chosen) and later pages ``-inf`` (the Triton
+    ``page_bounds(limit=cur)`` writes this directly)."""
+    pid = torch.arange(bounds.shape[-1], device=bounds.device).view(1, 1, -1)
+    c = cur.view(-1, 1, 1)
+    return torch.where(pid < c, bounds, torch.where(pid == c, float("inf"), float("-inf")))
+
+
+def static_quest_pages(cand: torch.Tensor, kmax: int, n_eff: torch.Tensor | None, groups: int) -> torch.Tensor:
+    """Graph-safe Quest choice from the candidates of :func:`limit_candidates` ([B, S, P]; S = H, or Hkv for
+    pages shared per GQA group, then ``groups`` = H / Hkv repeats each list for its heads): the ``kmax + 1``
+    largest, i.e. the current page plus the ``kmax`` complete earlier pages with the largest bounds. Where a
+    row has fewer earlier pages, the rest of its list are later pages, which hold no token yet and are never
+    attended (every consumer bounds pages by ``seq_lens``). ``n_eff`` [B] (device; only when rows have
+    different budgets): row b keeps the first ``n_eff[b] + 1`` of the sorted list, ``-1`` after them.
+    Returns [B, H, kmax + 1] page ids, unsorted: no host sync, no data-dependent shape."""
+    B, S, P = cand.shape
+    k = min(int(kmax) + 1, P)
+    if n_eff is None:
+        pages = torch.topk(cand, k, dim=-1, sorted=False).indices
+    else:
+        pages = torch.topk(cand, k, dim=-1, sorted=True).indices
+        rank = torch.arange(k, device=cand.device).view(1, 1, -1)
+        pages = torch.where(rank <= n_eff.view(B, 1, 1), pages, torch.full_like(pages, -1))
+    if groups > 1:   # (expand + reshape: repeat_interleave may read its output size on the host)
+        pages = pages.unsqueeze(2).expand(B, S, groups, k).reshape(B, S * groups, k)
+    return pages
 
 
 @dataclass
@@ -139,10 +265,12 @@ class SparseSession:
     ``prefill``: a method with ``phase == "prefill"`` (``select(q, k, key_padding_mask, scale)``) or None;
     ``decode``: a method with ``phase`` ``"kv_compression"`` (``compress``) or ``"decode"`` (Quest:
     ``init_state`` / ``select``) or None; ``executor``: an :class:`Executor` or a name (``"auto"``: reference on
-    CPU, chunked torch on CUDA). ``hooks``: callables receiving an :class:`AttentionEvent` per layer call."""
+    CPU, chunked torch on CUDA). ``hooks``: callables receiving an :class:`AttentionEvent` per layer call
+    (they force the regular decode path). ``fast_decode``: the session's default for
+    ``greedy_generate(fast_decode=None)`` ("auto": static cache + CUDA graph on CUDA, regular path on CPU)."""
 
     def __init__(self, prefill=None, decode=None, executor: Executor | str | None = "auto",
-                 hooks: list[Callable[[AttentionEvent], None]] | None = None):
+                 hooks: list[Callable[[AttentionEvent], None]] | None = None, fast_decode: bool | str = "auto"):
         if prefill is not None and getattr(prefill, "phase", None) != PHASE_PREFILL:
             raise ValueError(f"{type(prefill).__name__} is not a prefill method")
         if decode is not None and getattr(decode, "phase", None) not in (PHASE_KV_COMPRESSION, PHASE_DECODE):
@@ -152,10 +280,12 @@ class SparseSession:
         self._executor_spec = executor
         self.executor: Executor | None = executor if isinstance(executor, Executor) else None
         self.hooks = list(hooks or [])
+        self.fast_decode = fast_decode   # default of greedy_generate(fast_decode=None): see generate.py
         self.phase: str | None = None
         self.caches: dict[int, LayerCache] = {}
         self.quest_states: dict[int, Any] = {}
         self.step = 0
+        self._static: _StaticDecode | None = None
 
     # ------------------------------------------------------------------ lifecycle (driven by the loop)
     def begin(self, batch: int, length: int, key_padding_mask: torch.Tensor | None, max_new_tokens: int,
@@ -173,6 +303,7 @@ class SparseSession:
         self.step = 0
         self.appended = 0
         self._active = torch.ones(batch, dtype=torch.bool)
+        self._static = None
 
     def begin_decode_step(self, active: torch.Tensor | None = None) -> None:
         """Before each decode forward: ``active`` [B] marks rows still generating (statistics only)."""
@@ -204,10 +335,13 @@ class SparseSession:
         if self.phase == "decode":
             if q.shape[2] != 1:
                 raise RuntimeError("decode expects one new token per row")
+            if self._static is not None:
+                return self._decode_static(layer, q, k, v, scale)
             return self._decode(layer, q, k, v, scale)
         raise RuntimeError("session not started: call begin() first (greedy_generate does)")
 
     def _prefill(self, layer, q, k, v, scale):
+        self._num_q_heads = q.shape[1]
         kpm = self.key_padding_mask
         sel = ksel = None
         if self.prefill_method is not None:
@@ -269,6 +403,161 @@ class SparseSession:
                                       step=self.step))
         return out
 
+    # ------------------------------------------------------------------ static decode (fast decode path)
+    @property
+    def static_active(self) -> bool:
+        return self._static is not None
+
+    def start_static_decode(self, steps: int) -> None:
+        """After prefill: freeze the decode step for at most ``steps`` forwards (see the module docstring).
+        May synchronise (it runs once, not per step). Not available with hooks (events need host data).
+        Layers may sit on different devices (a model spread with ``device_map``): each device gets its own
+        counters."""
+        if self.hooks:
+            raise RuntimeError("static decode does not emit hook events; use the regular decode path")
+        if not self.caches:
+            raise RuntimeError("start_static_decode needs a prefilled session")
+        steps = max(int(steps), 0)
+        layers = sorted(self.caches)
+        B = self.batch
+        dm = self.decode_method
+        quest = dm is not None and dm.phase == PHASE_DECODE
+        by_dev: dict = {}
+        for layer in layers:
+            by_dev.setdefault(self.caches[layer].keys.device, []).append(layer)
+        seq = self.seq_lens.to("cpu", torch.long)
+        st = _StaticDecode(steps=steps, counters={}, layers={}, quest=quest)
+        if quest:
+            p = st.page_size = int(dm.page_size)
+            P0 = max(self.quest_states[layer].page_min.shape[2] for layer in layers)
+            st.num_pages = max(-(-(self.length + max(steps, 1)) // p), P0)
+            st.n_hist = (self.quest_states[layers[0]].token_budget.to("cpu", torch.long) // p).clamp(min=0)
+            n_eff = st.n_hist.clamp(max=st.num_pages - 1)
+            st.kmax = int(n_eff.max()) if B else 0
+            uniform = bool((n_eff == st.kmax).all())
+            try:
+                from ..triton.methods import QuestGPU
+                st.gpu_bounds = isinstance(dm, QuestGPU)
+            except ImportError:  # pragma: no cover
+                st.gpu_bounds = False
+        for dev, dev_layers in by_dev.items():
+            bases = [self.caches[layer].length for layer in dev_layers]
+            slots = torch.tensor(bases, dtype=torch.long, device=dev)
+            dc = _Counters(slots=slots, ends=(slots + 1).to(torch.int32).view(-1, 1).repeat(1, B).contiguous(),
+                           qpos=seq.to(dev, copy=True), qlen=(seq + 1).to(dev),      # (copies: advanced in place)
+                           qpage=torch.zeros(B, dtype=torch.long, device=dev), pad_offsets=self.pad_offsets.to(dev))
+            if quest:
+                torch.floor_divide(dc.qpos, st.page_size, out=dc.qpage)
+                dc.counts = torch.full((B, self._num_q_heads), min(st.kmax + 1, st.num_pages), dtype=torch.long,
+                                       device=dev)
+                dc.n_eff = None if uniform else n_eff.to(dev)
+            st.counters[dev] = dc
+            for i, layer in enumerate(dev_layers):
+                c = self.caches[layer]
+                base = c.length
+                c.ensure_capacity(base + max(steps, 1))
+                c.keys[:, :, base:].zero_()
+                c.values[:, :, base:].zero_()
+                kept = c.valid[:, :, :base].sum(-1)
+                start = (base - kept).to(torch.int32).contiguous()
+                sl = _StaticLayer(dc, i, base, start, kept.to("cpu", torch.float64))
+                if quest:   # page summaries of their final size
+                    qs = self.quest_states[layer]
+                    Bq, G, P, D = qs.page_min.shape
+                    pmin = torch.full((Bq, G, st.num_pages, D), float("inf"), dtype=qs.page_min.dtype, device=dev)
+                    pmax = torch.full((Bq, G, st.num_pages, D), float("-inf"), dtype=qs.page_max.dtype, device=dev)
+                    pmin[:, :, :P] = qs.page_min
+                    pmax[:, :, :P] = qs.page_max
+                    qs.page_min, qs.page_max = sl.pmin, sl.pmax = pmin, pmax
+                st.layers[layer] = sl
+        self._static = st
+        self.phase = "decode"
+
+    def static_advance(self) -> None:
+        """Advance the device counters by one token (in place: part of the captured step)."""
+        st = self._static
+        for dc in st.counters.values():
+            dc.slots.add_(1)
+            dc.ends.add_(1)
+            dc.qpos.add_(1)
+            dc.qlen.add_(1)
+            if st.quest:
+                torch.floor_divide(dc.qpos, st.page_size, out=dc.qpage)
+
+    def finish_static_decode(self, forwards: int, active_steps: list[int]) -> None:
+        """End of a static decode of ``forwards`` steps; ``active_steps[b]``: steps row b was still generating.
+        Brings the caches, Quest states and counters up to date and adds the decode statistics."""
+        st = self._static
+        if st is None:
+            return
+        forwards = int(forwards)
+        self._static = None
+        for layer, sl in st.layers.items():
+            c = self.caches[layer]
+            c.valid[:, :, sl.base:sl.base + forwards] = True
+            c.length = sl.base + forwards
+        for qs in self.quest_states.values():
+            qs.seq_lens = qs.seq_lens + forwards
+            qs.length += forwards
+        self.step += forwards
+        self.appended += forwards
+        n = torch.tensor(active_steps, dtype=torch.long).view(-1)
+        stats = self.stats
+        stats.decode_steps += n
+        dm = self.decode_method
+        S = int(n.max()) if n.numel() else 0
+        if dm is None or S == 0:
+            return
+        n_layers = len(st.layers)
+        s = torch.arange(1, S + 1, dtype=torch.float64).view(1, -1)          # appended tokens at step s
+        act = (s <= n.view(-1, 1).double()).double()                           # [B, S]
+        seq = self.seq_lens.to("cpu", torch.float64).view(-1, 1)
+        if st.quest:
+            p = st.page_size
+            qlen = seq + s
+            cur = torch.div(qlen - 1, p, rounding_mode="floor")
+            nsel = torch.minimum(st.n_hist.double().view(-1, 1), cur)
+            dens = (nsel * p + qlen - cur * p) / qlen
+            stats.decode_density += n_layers * (dens * act).sum(1)
+        else:
+            for sl in st.layers.values():
+                dens = ((sl.kept.unsqueeze(-1) + s.unsqueeze(0)) / (seq.unsqueeze(1) + s.unsqueeze(0))).mean(1)
+                stats.decode_density += (dens * act).sum(1)
+        stats.decode_count += n_layers * n.double()
+
+    def _decode_static(self, layer, q, k, v, scale):
+        st = self._static
+        sl = st.layers[layer]
+        dc = sl.dc
+        cache = self.caches[layer]
+        K, V = cache.keys, cache.values
+        slot = dc.slots[sl.index:sl.index + 1]
+        K.index_copy_(2, slot, k)
+        V.index_copy_(2, slot, v)
+        if not st.quest:
+            return self.executor.span_decode(q, K, V, sl.start, dc.ends[sl.index], scale)
+        # Quest: page summaries (static size), candidate bounds, fixed-size top-k, attention over the pages
+        dm = self.decode_method
+        B, G, _, D = k.shape
+        idx = dc.qpage.view(B, 1, 1, 1).expand(B, G, 1, D)
+        kf = k.to(sl.pmin.dtype)
+        sl.pmin.scatter_reduce_(2, idx, kf, reduce="amin")
+        sl.pmax.scatter_reduce_(2, idx, kf, reduce="amax")
+        shared = bool(dm.share_pages)
+        groups = q.shape[1] // G if shared else 1
+        if st.gpu_bounds:
+            from ..triton.quest import page_bounds
+
+            cand = page_bounds(sl.pmin, sl.pmax, q, shared, limit=dc.qpage, group_rows=shared)
+        else:
+            bounds = dm.page_bounds(SimpleNamespace(page_min=sl.pmin, page_max=sl.pmax), q)
+            cand = limit_candidates(bounds[:, ::groups] if shared else bounds, dc.qpage)
+        pages = static_quest_pages(cand, st.kmax, dc.n_eff, groups)
+        sel = StaticQuestSelection(page_size=st.page_size, pages=pages, counts=dc.counts, seq_lens=dc.qlen,
+                                   pad_offsets=dc.pad_offsets, length=K.shape[2], paper_sparsity=None,
+                                   shared=shared, num_pages=st.num_pages)
+        return self.executor.quest_decode(q, K, V, sel, scale)
+
     def _emit(self, event: AttentionEvent) -> None:
         for h in self.hooks:
             h(event)
@@ -302,4 +591,5 @@ class SparseSession:
         return out
 
 
-__all__ = ["SparseSession", "LayerCache", "AttentionEvent", "active_session"]
+__all__ = ["SparseSession", "LayerCache", "AttentionEvent", "StaticQuestSelection", "active_session",
+           "limit_candidates", "static_quest_pages"]

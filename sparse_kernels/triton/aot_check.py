@@ -104,22 +104,29 @@ def main(argv=None) -> int:
                              "vertical-slash index builder")
     if "decode" in only:
         TD = {"Q": p, "K": p, "V": p, "PAGES": "*i32", "PCNT": "*i32", "PBITS": "*i32", "OFF": "*i32", "PLEN": "*i32",
-              "RSTART": "*i32", "M_OUT": "*fp32", "L_OUT": "*fp32", "ACC_OUT": "*fp32", "qk_scale": "fp32"}
-        for pages, rng, bits, page in [(True, False, True, 16), (True, False, False, 16), (False, True, False, 16),
-                                       (True, True, False, 1)]:
+              "RSTART": "*i32", "REND": "*i32", "M_OUT": "*fp32", "L_OUT": "*fp32", "ACC_OUT": "*fp32",
+              "qk_scale": "fp32"}
+        for pages, rng, bits, page, end in [(True, False, True, 16, False), (True, False, False, 16, False),
+                                            (False, True, False, 16, False), (True, True, False, 1, False),
+                                            (False, True, False, 16, True)]:   # end: static-cache span decode
             ok &= compile_kernel(decode._decode_partial_kernel, TD, dict(
-                PAGE=page, BLOCK_N=64, BLOCK_R=16, BLOCK_D=128, HAS_PAGES=pages, HAS_RANGE=rng, HAS_BITS=bits,
-                USE_DOT=True, PREC=prec), arch, 4, 2, f"decode pages={pages} range={rng} bits={bits} page={page}")
+                PAGE=page, BLOCK_N=64, BLOCK_R=16, BLOCK_D=128, HAS_PAGES=pages, HAS_RANGE=rng, HAS_END=end,
+                HAS_BITS=bits, USE_DOT=True, PREC=prec), arch, 4, 2,
+                f"decode pages={pages} range={rng} bits={bits} page={page} end={end}")
         ok &= compile_kernel(decode._decode_combine_kernel,
                              {"M_IN": "*fp32", "L_IN": "*fp32", "ACC_IN": "*fp32", "O": p},
                              dict(BLOCK_S=64, BLOCK_R=16, BLOCK_D=128), arch, 4, 1, "decode combine")
     if "quest" in only:
-        for sdt, shared in ((dt, False), (dt, True), ("fp32", False)):
+        # (limit, group rows): the static-cache decode's candidate list, one row per group when shared
+        for sdt, shared, lim in ((dt, False, False), (dt, True, False), ("fp32", False, False),
+                                 ("fp32", False, True), ("fp32", True, True)):
             sp = "*" + sdt
-            ok &= compile_kernel(quest._page_bounds_kernel, {"Q": sp, "PMIN": sp, "PMAX": sp, "OUT": "*fp32"},
+            ok &= compile_kernel(quest._page_bounds_kernel, {"Q": sp, "PMIN": sp, "PMAX": sp, "OUT": "*fp32",
+                                                             "LIMIT": "*i32"},
                                  dict(BLOCK_P=quest.block_p_for(sdt), BLOCK_R=16, BLOCK_D=128, SHARED=shared,
-                                      USE_DOT=True, PREC="ieee" if sdt == "fp32" else "tf32"), arch, 4, 2,
-                                 f"quest page bounds {sdt} shared={shared}")
+                                      USE_DOT=True, PREC="ieee" if sdt == "fp32" else "tf32", HAS_LIMIT=lim,
+                                      GROUP_ROWS=shared and lim), arch, 4, 2,
+                                 f"quest page bounds {sdt} shared={shared} limit={lim}")
     if "snapkv" in only:
         ok &= compile_kernel(snapkv._window_lse_kernel, {"Q": p, "K": p, "M_OUT": "*fp32", "L_OUT": "*fp32",
                                                          "qk_scale": "fp32"},

@@ -7,11 +7,13 @@ visits are the concatenation of
 * a page list (``pages [B, S, P]`` row-local page ids, ``page_size`` tokens each, ``counts [B, S]``;
   ``S`` = Hkv: one list per group), restricted to row-local positions ``< seq_lens[b]``; optionally a
   per-page bitmap of the group's q heads that selected the page (per-q-head selections, e.g. Quest v1),
-* a contiguous range ``[range_start[b], Lk)`` of absolute positions (decode tokens after a compressed
-  prompt, or the whole row for dense decode),
+* a contiguous range ``[range_start[b], end)`` of absolute positions (decode tokens after a compressed
+  prompt, or the whole row for dense decode); ``end`` is ``Lk``, or ``range_end[b]`` read on the device
+  (a statically sized cache of which only a prefix is written: the CUDA-graph decode step),
 
 split evenly over ``num_splits`` programs; a second kernel merges the partial softmaxes. Queries sit at
-the last ``Lq`` positions (causal among them). Rows without keys output 0.
+the last ``Lq`` positions before ``end`` (causal among them). Rows without keys output 0. Page entries
+``< 0`` are skipped wherever they sit in the list (unsorted fixed-size selections).
 """
 
 from __future__ import annotations
@@ -25,14 +27,15 @@ from ._common import LOG2E, check_gqa, dot_precision, i32, next_pow2, num_sms, p
 
 @triton.jit
 def _decode_partial_kernel(
-        Q, K, V, PAGES, PCNT, PBITS, OFF, PLEN, RSTART, M_OUT, L_OUT, ACC_OUT,
+        Q, K, V, PAGES, PCNT, PBITS, OFF, PLEN, RSTART, REND, M_OUT, L_OUT, ACC_OUT,
         stride_qb, stride_qh, stride_qm, stride_qd,
         stride_kb, stride_kh, stride_kn, stride_kd,
         stride_vb, stride_vh, stride_vn, stride_vd,
         stride_pb, stride_ph, stride_cb, stride_ch, stride_rb, stride_rh,
         Hkv, GROUPS, LQ, LK, D, NSPLIT, qk_scale,
         PAGE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
-        HAS_PAGES: tl.constexpr, HAS_RANGE: tl.constexpr, HAS_BITS: tl.constexpr, USE_DOT: tl.constexpr,
+        HAS_PAGES: tl.constexpr, HAS_RANGE: tl.constexpr, HAS_END: tl.constexpr, HAS_BITS: tl.constexpr,
+        USE_DOT: tl.constexpr,
         PREC: tl.constexpr):
     split = tl.program_id(0)
     pid_bg = tl.program_id(1)
@@ -50,7 +53,10 @@ def _decode_partial_kernel(
     q_ptr = Q + b64 * stride_qb + qh.to(tl.int64)[:, None] * stride_qh + qi[:, None] * stride_qm \
         + offs_d[None, :] * stride_qd
     q = tl.load(q_ptr, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-    qpos = LK - LQ + qi  # absolute query positions
+    lk = LK
+    if HAS_END:
+        lk = tl.load(REND + b)  # written prefix of a static cache
+    qpos = lk - LQ + qi  # absolute query positions
     k_base = K + b64 * stride_kb + g.to(tl.int64) * stride_kh
     v_base = V + b64 * stride_vb + g.to(tl.int64) * stride_vh
     off = tl.load(OFF + b)
@@ -62,11 +68,11 @@ def _decode_partial_kernel(
         cnt = tl.load(PCNT + b64 * stride_cb + g * stride_ch)
         plen = tl.load(PLEN + b)
         n_page_tiles = tl.cdiv(cnt * PAGE, BLOCK_N)
-    r0 = LK
+    r0 = lk
     n_range_tiles = 0
     if HAS_RANGE:
         r0 = tl.load(RSTART + b * stride_rb + g * stride_rh)
-        n_range_tiles = tl.cdiv(LK - r0, BLOCK_N)
+        n_range_tiles = tl.cdiv(tl.maximum(lk - r0, 0), BLOCK_N)
     total = n_page_tiles + n_range_tiles
     per = tl.cdiv(total, NSPLIT)
     t0 = split * per
@@ -83,13 +89,13 @@ def _decode_partial_kernel(
         if HAS_PAGES:
             page = tl.load(p_row + entry, mask=pg_ok, other=0)
             ploc = page * PAGE + u % PAGE
-            pvalid = pg_ok & (ploc < plen)
+            pvalid = pg_ok & (page >= 0) & (ploc < plen)
             ppos = off + ploc
         else:
             pvalid = pg_ok
             ppos = u
         rpos = r0 + (t - n_page_tiles) * BLOCK_N + offs_n
-        rvalid = (t >= n_page_tiles) & (rpos < LK)
+        rvalid = (t >= n_page_tiles) & (rpos < lk)
         pos = tl.where(is_page, ppos, rpos)
         valid = tl.where(is_page, pvalid, rvalid)
         pos64 = pos.to(tl.int64)
@@ -156,7 +162,8 @@ def _decode_combine_kernel(M_IN, L_IN, ACC_IN, O,
 def gathered_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, pages: torch.Tensor | None = None,
                     counts: torch.Tensor | None = None, page_size: int = 1, page_bits: torch.Tensor | None = None,
                     pad_offsets: torch.Tensor | None = None, page_limit: torch.Tensor | None = None,
-                    range_start: torch.Tensor | None = None, scale: float | None = None,
+                    range_start: torch.Tensor | None = None, range_end: torch.Tensor | None = None,
+                    scale: float | None = None,
                     num_splits: int | None = None, block_n: int = 64, num_warps: int = 4,
                     num_stages: int = 2) -> torch.Tensor:
     """Decode attention of q [B, H, Lq, D] over k, v [B, Hkv, Lk, D] (see the module docstring).
@@ -164,8 +171,10 @@ def gathered_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, pages:
     pages [B, Hkv, P] row-local page ids (-1 padded) with counts [B, Hkv]; page_bits [B, Hkv, P] int32
     (bit j = q head j of the group attends the page; None = all); pad_offsets [B] (row-local -> absolute);
     page_limit [B]: row-local positions >= limit are ignored; range_start [B] or [B, Hkv]: absolute start
-    of the always-attended tail [range_start, Lk) (per row, or per row and kv head). ``num_splits`` defaults to
-    enough programs to fill the GPU."""
+    of the always-attended tail [range_start, end) (per row, or per row and kv head); range_end [B]: ``end``
+    per row on the device (default Lk); the queries sit at ``end - Lq ..  end - 1``. ``num_splits`` defaults to
+    enough programs to fill the GPU (from the static ``Lk``, so it does not change while a static cache
+    fills: no recompilation, CUDA-graph safe)."""
     B, H, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     groups = check_gqa(q, k)
@@ -186,6 +195,10 @@ def gathered_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, pages:
     off = zeros_b if pad_offsets is None else i32(pad_offsets.to(dev))
     plen = torch.full((B,), Lk, dtype=torch.int32, device=dev) if page_limit is None else i32(page_limit.to(dev))
     rstart = zeros_b if range_start is None else i32(range_start.to(dev))
+    has_end = range_end is not None
+    rend = i32(range_end.to(dev)) if has_end else zeros_b
+    if has_end and rend.shape != (B,):
+        raise ValueError("range_end must be [B]")
     if rstart.dim() == 1:
         srb, srh = rstart.stride(0), 0
     elif rstart.shape == (B, Hkv):
@@ -212,12 +225,13 @@ def gathered_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, pages:
     # tensor cores need >= 16 rows; they are used for GQA groups / several queries, CUDA cores otherwise
     use_dot = rows > 1 or q.is_cuda
     _decode_partial_kernel[(num_splits, B * Hkv)](
-        qc, kc, vc, pg, cn, bits, off, plen, rstart, m_buf, l_buf, acc_buf,
+        qc, kc, vc, pg, cn, bits, off, plen, rstart, rend, m_buf, l_buf, acc_buf,
         *qc.stride(), *kc.stride(), *vc.stride(),
         pg.stride(0), pg.stride(1), cn.stride(0), cn.stride(1), srb, srh,
         Hkv, groups, Lq, Lk, D, num_splits, resolve_scale(D, scale) * LOG2E,
         PAGE=int(page_size), BLOCK_N=block_n, BLOCK_R=block_r, BLOCK_D=block_d,
-        HAS_PAGES=has_pages, HAS_RANGE=range_start is not None, HAS_BITS=has_bits, USE_DOT=use_dot,
+        HAS_PAGES=has_pages, HAS_RANGE=range_start is not None, HAS_END=has_end, HAS_BITS=has_bits,
+        USE_DOT=use_dot,
         PREC=dot_precision(cdt), num_warps=num_warps, num_stages=num_stages)
     out = torch.empty(B, H, Lq, D, dtype=in_dtype, device=dev)
     _decode_combine_kernel[(B * Hkv, rows)](
@@ -252,4 +266,12 @@ def masked_decode(q, k, v, valid: torch.Tensor, scale=None, **kw) -> torch.Tenso
     return gathered_decode(q, k, v, range_start=start.contiguous(), scale=scale, **kw)
 
 
-__all__ = ["gathered_decode", "dense_decode", "masked_decode"]
+def span_decode(q, k, v, start: torch.Tensor, end: torch.Tensor, scale=None, **kw) -> torch.Tensor:
+    """Decode of q [B, H, Lq, D] over the slots ``[start, end)`` of a statically sized cache k, v
+    [B, Hkv, C, D]: start [B] or [B, Hkv] (left padding / right-aligned compressed prompts), end [B] (the
+    written prefix; the queries are its last Lq slots). Both are device tensors that are read by the kernel,
+    so the launch is identical at every step (the static-cache / CUDA-graph decode path of the HF session)."""
+    return gathered_decode(q, k, v, range_start=start, range_end=end, scale=scale, **kw)
+
+
+__all__ = ["gathered_decode", "dense_decode", "masked_decode", "span_decode"]

@@ -23,14 +23,15 @@ from .decode import gathered_decode
 
 
 @triton.jit
-def _page_bounds_kernel(Q, PMIN, PMAX, OUT,
+def _page_bounds_kernel(Q, PMIN, PMAX, OUT, LIMIT,
                         stride_qb, stride_qh, stride_qd,
                         stride_nb, stride_nh, stride_np, stride_nd,
                         stride_xb, stride_xh, stride_xp, stride_xd,
                         stride_ob, stride_oh, stride_op,
                         Hkv, GROUPS, P, D,
                         BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
-                        SHARED: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr):
+                        SHARED: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr,
+                        HAS_LIMIT: tl.constexpr, GROUP_ROWS: tl.constexpr):
     pt = tl.program_id(0)
     pid_bg = tl.program_id(1)
     b = pid_bg // Hkv
@@ -66,12 +67,24 @@ def _page_bounds_kernel(Q, PMIN, PMAX, OUT,
         qf = q.to(tl.float32)
         bound = tl.sum(tl.maximum(qf[:, None, :] * mn[None, :, :].to(tl.float32),
                                   qf[:, None, :] * mx[None, :, :].to(tl.float32)), 2)
-    if SHARED:
+    if GROUP_ROWS:  # shared pages, one row per GQA group: the group sum as a vector
         tot = tl.sum(tl.where(r_ok[:, None], bound, 0.0), 0)
-        bound = tl.broadcast_to(tot[None, :], (BLOCK_R, BLOCK_P))
-    bound = tl.where(empty[None, :], float("-inf"), bound)
-    tl.store(OUT + b64 * stride_ob + qh.to(tl.int64)[:, None] * stride_oh + offs_p[None, :] * stride_op, bound,
-             mask=r_ok[:, None] & p_ok[None, :])
+        tot = tl.where(empty, float("-inf"), tot)
+        if HAS_LIMIT:
+            cur = tl.load(LIMIT + b)
+            tot = tl.where(offs_p < cur, tot, tl.where(offs_p == cur, float("inf"), float("-inf")))
+        tl.store(OUT + b64 * stride_ob + g.to(tl.int64) * stride_oh + offs_p * stride_op, tot, mask=p_ok)
+    else:
+        if SHARED:
+            tot = tl.sum(tl.where(r_ok[:, None], bound, 0.0), 0)
+            bound = tl.broadcast_to(tot[None, :], (BLOCK_R, BLOCK_P))
+        bound = tl.where(empty[None, :], float("-inf"), bound)
+        if HAS_LIMIT:  # candidates of a fixed-size top-k: earlier pages, the current page first, nothing after
+            cur = tl.load(LIMIT + b)
+            bound = tl.where(offs_p[None, :] < cur, bound,
+                             tl.where(offs_p[None, :] == cur, float("inf"), float("-inf")))
+        tl.store(OUT + b64 * stride_ob + qh.to(tl.int64)[:, None] * stride_oh + offs_p[None, :] * stride_op, bound,
+                 mask=r_ok[:, None] & p_ok[None, :])
 
 
 def block_p_for(dtype) -> int:
@@ -80,9 +93,14 @@ def block_p_for(dtype) -> int:
 
 
 def page_bounds(page_min: torch.Tensor, page_max: torch.Tensor, q: torch.Tensor, share_pages: bool = False,
-                block_p: int | None = None) -> torch.Tensor:
+                block_p: int | None = None, *, limit: torch.Tensor | None = None,
+                group_rows: bool = False) -> torch.Tensor:
     """Upper bounds [B, H, P] (fp32) of q . k per page; q [B, H, 1, D] or [B, H, D]; page_min / page_max
-    [B, Hkv, P, D] in any float dtype (the key dtype holds them exactly and halves the bytes read)."""
+    [B, Hkv, P, D] in any float dtype (the key dtype holds them exactly and halves the bytes read).
+
+    ``limit`` [B] (device, the page of the newest token ``cur``): the output becomes the candidate list of a
+    fixed-size top-k (static decode): bounds of pages ``< cur``, ``+inf`` at ``cur`` (always chosen) and
+    ``-inf`` after it. ``group_rows`` (with ``share_pages``): one row per GQA group, [B, Hkv, P]."""
     if q.dim() == 4:
         q = q[:, :, -1]
     B, H, D = q.shape
@@ -90,7 +108,11 @@ def page_bounds(page_min: torch.Tensor, page_max: torch.Tensor, q: torch.Tensor,
     if H % Hkv:
         raise ValueError("q heads must be a multiple of kv heads")
     g = H // Hkv
-    out = torch.empty(B, H, P, dtype=torch.float32, device=q.device)
+    group_rows = bool(group_rows)
+    if group_rows and not share_pages:
+        raise ValueError("group_rows needs share_pages")
+    out = torch.empty(B, Hkv if group_rows else H, P, dtype=torch.float32, device=q.device)
+    lim = out if limit is None else i32(limit.to(q.device))
     # fp32 summaries (QuestState's) -> fp32 ieee products; key-dtype summaries -> tensor cores in that dtype
     # (bf16 x bf16 products are exact in the fp32 accumulator). The interpreter has no bf16 dot: upcast.
     cdt = torch.float32 if page_min.dtype == torch.float32 else compute_dtype(page_min)
@@ -101,9 +123,10 @@ def page_bounds(page_min: torch.Tensor, page_max: torch.Tensor, q: torch.Tensor,
     use_dot = q.is_cuda
     block_r = max(16, next_pow2(g))
     _page_bounds_kernel[(triton.cdiv(max(P, 1), block_p), B * Hkv)](
-        qc, mn, mx, out, *qc.stride(), *mn.stride(), *mx.stride(), *out.stride(),
+        qc, mn, mx, out, lim, *qc.stride(), *mn.stride(), *mx.stride(), *out.stride(),
         Hkv, g, P, D, BLOCK_P=block_p, BLOCK_R=block_r, BLOCK_D=max(16, next_pow2(D)), SHARED=bool(share_pages),
-        USE_DOT=use_dot, PREC=dot_precision(pdt), num_warps=4)
+        USE_DOT=use_dot, PREC=dot_precision(pdt), HAS_LIMIT=limit is not None, GROUP_ROWS=group_rows,
+        num_warps=4)
     return out
 
 
