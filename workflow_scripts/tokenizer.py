@@ -15,16 +15,26 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
+# transformers.models.qwen2.tokenization_qwen2.PRETOKENIZE_REGEX (single digits, letters with one leading symbol)
+QWEN2_PRETOKENIZE_REGEX = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+                           r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 8192, model_max_length: int = 131072):
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     texts = list(texts)
     tok = Tokenizer(models.BPE())
+    # Exactly the normalizer / pre-tokenizer / decoder that transformers' Qwen2Tokenizer rebuilds around a
+    # tokenizer.json: AutoTokenizer loads a model directory whose config says qwen2 as Qwen2Tokenizer and
+    # ignores the pre-tokenizer stored in tokenizer.json, so any other choice here would tokenize differently
+    # in training (tokenizer folder) and in use (model folder).
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
@@ -42,3 +52,25 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 8192, model_max_leng
 
 def save_tokenizer(tokenizer, out_dir: str | Path) -> None:
     tokenizer.save_pretrained(str(out_dir))
+
+
+def check_model_loading(tokenizer_dir: str | Path, texts: Iterable[str]) -> None:
+    """Raise unless ``AutoTokenizer`` on a Qwen2 model folder holding this tokenizer gives the same ids as the
+    tokenizer folder itself (what training used) on ``texts``."""
+    import tempfile
+
+    from transformers import AutoTokenizer, Qwen2Config
+
+    plain = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    with tempfile.TemporaryDirectory() as tmp:
+        plain.save_pretrained(tmp)
+        Qwen2Config(vocab_size=len(plain)).save_pretrained(tmp)
+        as_model = AutoTokenizer.from_pretrained(tmp)
+        for text in texts:
+            a = plain(text, add_special_tokens=False)["input_ids"]
+            b = as_model(text, add_special_tokens=False)["input_ids"]
+            if a != b:
+                raise RuntimeError(
+                    f"tokenizer {tokenizer_dir}: a model folder loads it as {type(as_model).__name__}, which "
+                    f"tokenizes differently ({len(a)} vs {len(b)} ids) from the tokenizer folder "
+                    f"({type(plain).__name__}) on {text[:80]!r}")

@@ -44,7 +44,7 @@ def answer_text(answer: str) -> str:
 # ----------------------------------------------------------------------------------------------- tokenizer
 def stage_tokenizer(cfg: dict, work: Path) -> None:
     from .tasks.corpus import tokenizer_corpus
-    from .tokenizer import train_tokenizer
+    from .tokenizer import check_model_loading, train_tokenizer
 
     out = work / "tokenizer"
     if (out / "tokenizer.json").exists():
@@ -52,7 +52,9 @@ def stage_tokenizer(cfg: dict, work: Path) -> None:
     t0 = time.time()
     lines = tokenizer_corpus(cfg["tokenizer"]["corpus_lines"], cfg["seed"])
     tok = train_tokenizer(lines, vocab_size=cfg["tokenizer"]["vocab_size"])
-    tok.save_pretrained(str(out))
+    with atomic_dir(out) as tmp:
+        tok.save_pretrained(str(tmp))
+        check_model_loading(tmp, lines[:2000])    # shipped models must tokenize exactly like training did
     print(f"tokenizer: {len(tok)} tokens from {len(lines)} lines in {time.time() - t0:.1f}s", flush=True)
 
 
