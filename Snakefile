@@ -30,6 +30,7 @@ include: "rules/score.smk"
 include: "rules/aggregate.smk"
 include: "rules/charts.smk"
 include: "rules/analysis.smk"
+include: "rules/train.smk"
 
 
 # Cheap post-processing runs inside the main Snakemake process, never as cluster jobs.

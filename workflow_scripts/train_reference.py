@@ -177,15 +177,29 @@ def length_weights(lengths: list[int], share: dict, curriculum: float, progress:
     return [share[L] * math.exp(-curriculum * i * (1.0 - progress)) for i, L in enumerate(sorted(lengths))]
 
 
-def _collate(batch, pad_id: int, context_weight: float, device):
+def _weighted_loss(model, ids, w):
+    """(weighted mean next-token loss, per-token loss, per-token weights) of a batch."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.autocast(ids.device.type, dtype=torch.bfloat16):
+        logits = model(input_ids=ids).logits
+    ce = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                         reduction="none").view(ids.shape[0], -1)
+    wt = w[:, 1:]
+    return (ce * wt).sum() / wt.sum(), ce.detach(), wt
+
+
+def _collate(batch, pad_id: int, context_weight: float, device, width: int | None = None):
+    """Right-padded ids and per-token loss weights; ``width`` fixes the padded width (longer samples are cut)."""
     import torch
 
-    width = max(len(s["ids"]) for s in batch)
+    width = width or max(len(s["ids"]) for s in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     w = torch.zeros((len(batch), width), dtype=torch.float32)
     for i, s in enumerate(batch):
-        n, p = len(s["ids"]), s["prompt_len"]
-        ids[i, :n] = s["ids"]
+        n, p = min(len(s["ids"]), width), min(s["prompt_len"], width)
+        ids[i, :n] = s["ids"][:n]
         # weight of predicting token t (position t-1 predicts it): context tokens light, answer tokens 1
         w[i, 1:p] = context_weight
         w[i, p:n] = 1.0
@@ -203,7 +217,6 @@ def size_config(cfg: dict, size: str) -> tuple[dict, dict]:
 
 def train_one(cfg: dict, work: Path, size: str) -> None:
     import torch
-    import torch.nn.functional as F
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
     out_dir = work / "models" / size
@@ -234,6 +247,13 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
     log, probe_log, step, seen_tokens = [], [], 0, 0
     t0 = time.time()
     next_probe = (t_cfg.get("probe_seconds", 0) if probes else 0) or float("inf")
+    # The step is launch/overhead-bound for these small models (~45 ms at any batch shape on an H100):
+    # `compile` pads every batch of a length to one width (one static shape per length) and compiles the
+    # forward + loss (mode e.g. "reduce-overhead" = CUDA graphs).
+    compiled = bool(t_cfg.get("compile"))
+    step_loss = _weighted_loss
+    if compiled:
+        step_loss = torch.compile(_weighted_loss, mode=t_cfg.get("compile_mode") or None, dynamic=False)
     model.train()
     while True:
         elapsed = time.time() - t0
@@ -255,13 +275,9 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
         L = rng.choices(avail, weights=length_weights(avail, share, t_cfg.get("curriculum", 0.0), frac))[0]
         k = max(1, t_cfg["tokens_per_batch"] // L)
         batch = [pool.by_len[L][rng.randrange(len(pool.by_len[L]))] for _ in range(k)]
-        ids, w = _collate(batch, tok.pad_token_id, t_cfg["context_weight"], device)
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            logits = model(input_ids=ids).logits
-        ce = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                             reduction="none").view(ids.shape[0], -1)
-        wt = w[:, 1:]
-        loss = (ce * wt).sum() / wt.sum()
+        ids, w = _collate(batch, tok.pad_token_id, t_cfg["context_weight"], device,
+                          width=L + t_cfg["answer_pad"] if compiled else None)
+        loss, ce, wt = step_loss(model, ids, w)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
