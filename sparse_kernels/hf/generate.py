@@ -141,15 +141,21 @@ def greedy_generate(model, prompts: list[list[int]], max_new_tokens: int, eos_id
                      logits_log if return_logits else None)
 
 
-def _loop(forward, ids, mask, positions, batch, padded, max_new_tokens, eos_ids, device, session, logits_log):
+def _prefill(forward, ids, positions, mask, device, logits_log) -> tuple[torch.Tensor, float]:
+    """The prompt forward of both loops: (greedy first token per row, wall seconds)."""
     _sync(device)
     t0 = time.perf_counter()
     out = forward(ids, positions, mask, logits_to_keep=1)
     if logits_log is not None:
         logits_log.append(out.logits[:, -1].float().cpu())
     nxt = out.logits[:, -1].argmax(-1)
+    del out
     _sync(device)
-    prefill_s = time.perf_counter() - t0
+    return nxt, time.perf_counter() - t0
+
+
+def _loop(forward, ids, mask, positions, batch, padded, max_new_tokens, eos_ids, device, session, logits_log):
+    nxt, prefill_s = _prefill(forward, ids, positions, mask, device, logits_log)
 
     tokens: list[list[int]] = [[] for _ in range(batch)]
     stop = ["length"] * batch
@@ -268,15 +274,7 @@ def _sync_warnings(fn):
 def _fast_loop(model, forward, ids, mask, positions, batch, max_new_tokens, eos_ids, device, session, logits_log,
                mode, eos_every, warmup, min_graph_steps, note=None):
     cuda = device.type == "cuda"
-    _sync(device)
-    t0 = time.perf_counter()
-    out = forward(ids, positions, mask, logits_to_keep=1)
-    if logits_log is not None:
-        logits_log.append(out.logits[:, -1].float().cpu())
-    nxt = out.logits[:, -1].argmax(-1)
-    del out
-    _sync(device)
-    prefill_s = time.perf_counter() - t0
+    nxt, prefill_s = _prefill(forward, ids, positions, mask, device, logits_log)
 
     info = {"mode": mode, "fallback": note, "warmup_steps": 0, "graph_steps": 0, "capture_s": None,
             "steady_steps": 0, "steady_ms_per_step": None}
