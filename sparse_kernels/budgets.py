@@ -155,21 +155,26 @@ def paper_flexprefill(length: int, ratio: float) -> tuple[float, int]:
     return FLEXPREFILL_PARAMS[int(length)][i]
 
 
-def search_k_for_density(density_of_k: Callable[[int], float], target_density: float, lo: int, hi: int) -> int:
-    """Generic calibration helper: ``density_of_k`` must be non-decreasing in k (e.g. the measured
-    block-granular density of Vertical-Slash with k verticals = k slashes, averaged over calibration
-    prompts). Returns the k in [lo, hi] whose density is closest to ``target_density`` (binary search
-    for the crossing, then the nearer neighbour)."""
-    if lo > hi:
-        raise ValueError("lo must be <= hi")
+def nearest_k(f: Callable[[int], float], target: float, lo: int, hi: int) -> tuple[int, int]:
+    """For ``f`` non-decreasing on [lo, hi]: (the k whose f(k) is closest to ``target``, the crossing = the
+    smallest k with f(k) >= target, hi if none). Bisection for the crossing, then the nearer of it and its
+    predecessor (the predecessor on ties)."""
     a, b = lo, hi
     while a < b:
         mid = (a + b) // 2
-        if density_of_k(mid) >= target_density:
+        if f(mid) >= target:
             b = mid
         else:
             a = mid + 1
-    k = a
-    if k > lo and abs(density_of_k(k - 1) - target_density) <= abs(density_of_k(k) - target_density):
-        k -= 1
-    return k
+    if a > lo and abs(f(a - 1) - target) <= abs(f(a) - target):
+        return a - 1, a
+    return a, a
+
+
+def search_k_for_density(density_of_k: Callable[[int], float], target_density: float, lo: int, hi: int) -> int:
+    """Generic calibration helper: ``density_of_k`` must be non-decreasing in k (e.g. the measured
+    block-granular density of Vertical-Slash with k verticals = k slashes, averaged over calibration
+    prompts). Returns the k in [lo, hi] whose density is closest to ``target_density``."""
+    if lo > hi:
+        raise ValueError("lo must be <= hi")
+    return nearest_k(density_of_k, target_density, lo, hi)[0]

@@ -38,8 +38,9 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-
 import time
+
+from sparse_kernels.budgets import nearest_k
 
 CALIBRATION_OFFSET = 10**6
 
@@ -119,22 +120,12 @@ class DensityModel:
 
 
 def _nearest_int(f, target: float, lo: int, hi: int) -> tuple[int, int]:
-    """(k_best, k_below): smallest k with f(k) >= target found by bisection (f non-decreasing), the nearer of
-    it and its predecessor, and the largest k with f(k) < target (lo - 1 if none)."""
-    a, b = lo, hi
+    """(k_best, k_below): the k in [lo, hi] with f(k) nearest ``target`` (f non-decreasing) and the largest k
+    with f(k) < target (lo - 1 if none; (hi, hi) when even f(hi) < target)."""
     if f(hi) < target:
         return hi, hi
-    while a < b:
-        mid = (a + b) // 2
-        if f(mid) >= target:
-            b = mid
-        else:
-            a = mid + 1
-    k = a
-    best = k
-    if k > lo and abs(f(k - 1) - target) <= abs(f(k) - target):
-        best = k - 1
-    return best, k - 1
+    best, crossing = nearest_k(f, target, lo, hi)
+    return best, crossing - 1
 
 
 def _bisect_float(f, target: float, lo: float, hi: float, tol: float, iters: int = 40) -> float:
