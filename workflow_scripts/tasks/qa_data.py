@@ -134,6 +134,14 @@ def load_squad(path) -> QADataset:
 _QPREFIX = re.compile(r"^\s*question\s*:\s*", re.IGNORECASE)
 
 
+def _jsonl(path):
+    """The rows of a JSON-lines file (blank lines skipped)."""
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
 def _letters(ans) -> str:
     return "".join(sorted(re.sub(r"[^A-D]", "", str(ans).upper())))
 
@@ -141,20 +149,16 @@ def _letters(ans) -> str:
 def load_lc_vs_rag(path, task: str) -> QADataset:
     """LC_VS_RAG jsonl (``context``, ``questions``, ``answer``); the "Question: " prefix is removed."""
     docs, pairs = [], []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            ctx = row["context"]
-            docs.append(ctx)
-            if len(row["questions"]) != len(row["answer"]):
-                raise ValueError(f"{path}: a line has {len(row['questions'])} questions but "
-                                 f"{len(row['answer'])} answers")
-            for q, a in zip(row["questions"], row["answer"]):
-                letters = _letters(a)
-                if letters:
-                    pairs.append((ctx, _QPREFIX.sub("", q).strip(), [letters]))
+    for row in _jsonl(path):
+        ctx = row["context"]
+        docs.append(ctx)
+        if len(row["questions"]) != len(row["answer"]):
+            raise ValueError(f"{path}: a line has {len(row['questions'])} questions but "
+                             f"{len(row['answer'])} answers")
+        for q, a in zip(row["questions"], row["answer"]):
+            letters = _letters(a)
+            if letters:
+                pairs.append((ctx, _QPREFIX.sub("", q).strip(), [letters]))
     return _dedupe(task, True, docs, pairs, str(path))
 
 
@@ -165,17 +169,13 @@ def mcq_text(question: str, options: list[str]) -> str:
 def load_quality_official(path) -> QADataset:
     """Official QuALITY v1.0.1 (htmlstripped) jsonl: questions get the LC_VS_RAG "... Options: A.x B.y" form."""
     docs, pairs = [], []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
+    for row in _jsonl(path):
+        ctx = row["article"].strip()
+        docs.append(ctx)
+        for q in row["questions"]:
+            if "gold_label" not in q or len(q["options"]) != 4:
                 continue
-            row = json.loads(line)
-            ctx = row["article"].strip()
-            docs.append(ctx)
-            for q in row["questions"]:
-                if "gold_label" not in q or len(q["options"]) != 4:
-                    continue
-                pairs.append((ctx, mcq_text(q["question"], q["options"]), ["ABCD"[int(q["gold_label"]) - 1]]))
+            pairs.append((ctx, mcq_text(q["question"], q["options"]), ["ABCD"[int(q["gold_label"]) - 1]]))
     return _dedupe("qa_quality", True, docs, pairs, str(path))
 
 
