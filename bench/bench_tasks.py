@@ -12,6 +12,8 @@ checked to lie in the length window (that check is not timed).
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import sys
 import tempfile
@@ -33,7 +35,10 @@ def main(argv=None) -> int:
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--mode", default="cot")
     ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--hashes", metavar="FILE",
+                    help="write the sha256 of every generated row to FILE (JSON), to compare outputs across versions")
     a = ap.parse_args(argv)
+    hashes: dict[str, str] = {}
 
     t0 = time.perf_counter()
     tok = corpus_tokenizer(a.vocab)
@@ -57,6 +62,9 @@ def main(argv=None) -> int:
             bad = [s.sample_id for s in samples
                    if not (MIN_FRACTION * a.length <= renderer.count(s.prompt) == s.input_tokens <= a.length)]
             failures += len(bad)
+            for s in samples:
+                row = json.dumps(s.row(), sort_keys=True).encode()
+                hashes[f"{name}/{a.length}/{a.mode}/{s.sample_id}"] = hashlib.sha256(row).hexdigest()
             mean_len = sum(s.input_tokens for s in samples) / len(samples)
             flag = f"  OUT OF WINDOW: {bad}" if bad else ""
             print(f"{name:16s} {elapsed:7.2f}s  {1000 * elapsed / a.samples:7.1f} ms/sample  (cpu {cpu:6.2f}s)  "
@@ -66,6 +74,8 @@ def main(argv=None) -> int:
     print(f"{'total':16s} {total:7.2f}s  (cpu {total_cpu:.2f}s) for {len(a.tasks.split(','))} tasks x {a.samples} "
           f"samples at {a.length} tokens ({a.mode}); load average {os.getloadavg()[0]:.2f} at the end, "
           f"{load0:.2f} at the start")
+    if a.hashes:
+        Path(a.hashes).write_text(json.dumps(hashes, indent=0, sort_keys=True))
     return 1 if failures else 0
 
 

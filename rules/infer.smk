@@ -1,9 +1,39 @@
-# Inference: one job per (cell, shard). A shard is a contiguous range of sample ids of the cell.
+# Inference: one job per (cell, shard), a thin client of a model server that loads the model once per load group.
+#
+# Cells keep their own output, params, log and rerun semantics; the model_server job of their load
+# (workflow_scripts/server_plan.py: model_server.group in the config, default one group per model, split into loads
+# of at most max_cells cell shards / max_hours of estimated work) is a Snakemake service: it runs together with the
+# load's cells that need to run, in one group job (one SLURM job through profiles/slurm), and is stopped when they
+# are done.
+#
+# How a changed cell reruns only itself: a cell takes its server's rendezvous file as an `ancient` input that
+# exists when the DAG is built (LOADS.ensure_placeholders below; Snakemake deletes service outputs after each
+# group), so a server that has to run does not make its other cells rerun; the input is flagged `service` on the
+# cell's side too, so Snakemake records it as "<service>" whatever the server, and regrouping cells is not a
+# rerun trigger either. Snakemake runs a service whenever one of its consumers has to run.
+
+from snakemake.logging import logger
+
+from workflow_scripts import server_plan as sfs
+
+LOADS = sfs.LoadPlan(STUDY)
+try:
+    LOADS.ensure_placeholders()
+except OSError as err:
+    logger.warning(f"model_server: cannot create rendezvous placeholders ({err}); cells may rerun with their server")
+
+
+def _cell_server(w):
+    return LOADS.server(w.model, w.task, w.length, w.method, w.ratio, w.shard)
 
 
 @rulefunc
 def _infer_inputs(w):
-    inputs = {"data": STUDY.data_path(w.model, w.task, w.length), "model": STUDY.model_dir(w.model)}
+    inputs = {
+        "data": STUDY.data_path(w.model, w.task, w.length),
+        "model": STUDY.model_dir(w.model),
+        "server": service(ancient(LOADS.address(_cell_server(w)))),
+    }
     calibration = STUDY.calibration_path(w.model, w.length, w.method, w.ratio)
     if calibration:  # calibrated Vertical-Slash / FlexPrefill budget (rules/calibrate.smk)
         inputs["calibration"] = calibration
@@ -16,10 +46,12 @@ def _infer_params(w):
 
 
 @rulefunc
-def _infer_gpus(w):
-    return 1 if STUDY.models[w.model]["device"] == "cuda" else 0
+def _infer_group(w):
+    return LOADS.loads[_cell_server(w)].group
 
 
+# The cell's side of the group job: no CPU, GPU or memory of its own (the server holds them; Snakemake sums the
+# resources of a service group), so a group requests exactly what its model server needs.
 rule infer:
     input:
         unpack(_infer_inputs),
@@ -29,11 +61,73 @@ rule infer:
         cell=_infer_params,
     log:
         sfc.LOG_INFER,
-    threads: 1
+    group:
+        _infer_group
+    threads: 0
     resources:
-        gpu=_infer_gpus,
-        mem_mb=8000,
-        runtime=60,
+        gpu=0,
+        mem_mb=0,
+        runtime=1,
     shell:
-        "{PY} workflow_scripts.infer --cell {params.cell:q} --data {input.data:q} --out {output:q}"
-        " --threads {threads} > {log:q} 2>&1"
+        "{PY} workflow_scripts.server_client --address {input.server:q} --cell {params.cell:q}"
+        " --data {input.data:q} --out {output:q} --threads 1 > {log:q} 2>&1"
+
+
+@rulefunc
+def _server_gpus(w):
+    return LOADS.loads[w.server].gpus
+
+
+@rulefunc
+def _server_runtime(w, attempt):
+    return LOADS.runtime(w.server, attempt)
+
+
+@rulefunc
+def _server_mem_mb(w, attempt):
+    return LOADS.mem_mb(w.server, attempt)
+
+
+@rulefunc
+def _server_group(w):
+    return LOADS.loads[w.server].group
+
+
+@rulefunc
+def _server_threads(w):
+    # Local runs: all cores, so that one load group runs at a time. Snakemake's local executor runs a group's jobs
+    # on a shared thread pool sized for one group (cores + 5, or the group's size); two groups at once can starve a
+    # server of its thread while its cells wait for it (and fail after --latency-wait). Cluster runs: one group per
+    # job; GPU jobs get their CPUs from cpus_per_gpu (profiles/slurm). Cells run with 1 torch thread either way.
+    return workflow.cores if workflow.local_exec else 1
+
+
+# One model load: serves the cells of its load group (workflow_scripts/server.py). No params and no inputs, on
+# purpose: a server job that Snakemake would rerun for its own sake (changed params, newer input, changed code)
+# masks its cells from the check of their own changes (Snakemake then only follows the server's outputs, which the
+# cells take as `ancient`). The server learns the model from its first cell; the group waits for the cells' inputs
+# (model, data, calibration). Do not force this rule (--forcerun model_server): a server without cells to serve
+# idles until its timeout (SFW_SERVER_IDLE_TIMEOUT, 300 s). The shell writes the server's address (an abstract Unix
+# socket name) and pid into the rendezvous file before Python starts, since Snakemake makes each cell wait for that
+# file for at most --latency-wait seconds; `exec` makes the server the process Snakemake signals (SIGTERM when the
+# cells are done, SIGKILL when one failed).
+rule model_server:
+    output:
+        service(sfs.ADDRESS),
+    log:
+        sfs.LOG,
+    wildcard_constraints:
+        server=sfs.SERVER_PATTERN,
+    group:
+        _server_group
+    threads: _server_threads
+    resources:
+        gpu=_server_gpus,
+        mem_mb=_server_mem_mb,
+        runtime=_server_runtime,
+    shell:
+        "addr=@sfw-model-server-$$-$RANDOM$RANDOM;"
+        " printf '{{\"address\": \"%s\", \"pid\": %d, \"host\": \"%s\"}}\\n' \"$addr\" $$ \"$HOSTNAME\""
+        " > {output:q};"
+        " exec {PY} workflow_scripts.server --listen \"$addr\" --server {wildcards.server:q} --threads {threads}"
+        " > {log:q} 2>&1"

@@ -1,19 +1,23 @@
 # Scores per (model, task, length): the task's metric applied to every prediction of every cell of the group
 # (all methods, ratios and shards). Scoring takes seconds, so regrouping keeps the DAG small; a changed cell
 # reruns its inference job and this cheap group job.
+#
+# Every group has the same methods, ratios and shards, so the prediction files are wildcard patterns rather than
+# an input function (Snakemake evaluates an input function once per job: 10,000s of calls in a large dry run);
+# so is the task data when all models share it (one tokenizer and prompt mode), else a function picks it.
+
+_SCORE_DATA = STUDY.shared_data_pattern()
 
 
 @rulefunc
-def _score_inputs(w):
-    return {
-        "preds": STUDY.group_pred_paths(w.model, w.task, w.length),
-        "data": STUDY.data_path(w.model, w.task, w.length),
-    }
+def _score_data(w):
+    return STUDY.data_path(w.model, w.task, w.length)
 
 
 rule score:
     input:
-        unpack(_score_inputs),
+        preds=STUDY.group_pred_patterns(),
+        data=_SCORE_DATA or _score_data,
     output:
         SCORE,
     params:

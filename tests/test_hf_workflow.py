@@ -85,7 +85,7 @@ def test_every_method_end_to_end_with_calibration(workflow, tiny_model):
     comb["methods"]["vertical_slash+quest"] = {"ratios": [[4, 2]]}
     workflow.write_config(comb)
     path = CELL.format(m="vertical_slash+quest", r="4+2")
-    assert workflow.planned_jobs(path) == {"infer": 1}
+    assert workflow.planned_jobs(path) == {"model_server": 1, "infer": 1}
     workflow.run(path)
     meta = json.loads(pq.read_schema(workflow.path(path)).metadata[b"sfw.cell"])
     assert meta["ratio"] == [4.0, 2.0] and meta["ratio_key"] == "4+2"
@@ -113,4 +113,4 @@ def test_every_method_end_to_end_with_calibration(workflow, tiny_model):
     edited = copy.deepcopy(cfg)
     edited["methods"]["quest"]["params"] = {"share_pages": True}
     workflow.write_config(edited)
-    assert workflow.planned_jobs(target) == {"infer": 2, "score": 1, "aggregate": 1}
+    assert workflow.planned_jobs(target) == {"model_server": 1, "infer": 2, "score": 1, "aggregate": 1}

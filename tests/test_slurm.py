@@ -3,16 +3,18 @@
 Runs a small study through ``snakemake --profile <profiles/slurm with the test node's site settings>``:
 
 1. every job is a real SLURM job (sbatch job ids in Snakemake's output, COMPLETED in ``squeue --states=all``,
-   one kept SLURM log per job), and the per-cell predictions and the aggregated summary equal a local run of
-   the same study (timings excepted);
-2. one model's dtype changes: only its 2 inference jobs, its score group and the aggregation are submitted.
-   One of its inference jobs fails once (``SFW_FAULT=fail_once:...``, which reaches the job through
-   ``sbatch --export=ALL``): SLURM shows it FAILED with the attempt-1 memory and its resubmission COMPLETED
-   with the attempt-2 memory (``mem_mb: "<n> * attempt"`` in the profile); afterwards nothing is left to do;
-3. alongside step 2, in its own directory: a ``device: cuda`` model's inference job is submitted with the
-   profile's GPU request (``--gpus=1`` and ``--cpus-per-gpu``; the test node advertises one fake GPU, see
-   .ci/slurm/cluster.sh): SLURM schedules it on the GPU and it fails there for want of CUDA, as it should on a
-   CPU machine.
+   one kept SLURM log per job); inference runs as one SLURM job per model load (a model-server job and the
+   cells it serves, one Snakemake group job: ``rules/infer.smk``), so 2 loads serve the 4 cell shards; the
+   per-cell predictions and the aggregated summary equal a local run of the same study (timings excepted);
+2. one model's dtype changes: only its load (its 2 inference cells), its score group and the aggregation are
+   submitted. One of its cells fails once (``SFW_FAULT=fail_once:...``, which reaches the job through
+   ``sbatch --export=ALL``): SLURM shows the load's job FAILED with the attempt-1 memory and its resubmission
+   COMPLETED with the attempt-2 memory (``mem_mb: "<n> * attempt"`` in the profile), where the cell that had
+   finished is restored from the server's salvage instead of recomputed; afterwards nothing is left to do;
+3. alongside step 2, in its own directory: a ``device: cuda`` model's load is submitted with the profile's GPU
+   request (``--gpus=1`` and ``--cpus-per-gpu``; the test node advertises one fake GPU, see
+   .ci/slurm/cluster.sh): SLURM schedules it on the GPU and its cell fails there for want of CUDA, as it should
+   on a CPU machine, with the server's traceback in the cell's log.
 
 Evidence lines (job ids, states, memory per attempt, GPU TRES) are printed with a ``[slurm]`` prefix.
 Skips with the reason when SLURM or the local test cluster is not available; fails instead when
@@ -44,14 +46,18 @@ CLUSTER_BASE = Path(os.environ.get("SFW_SLURM_BASE", "/var/tmp/sfw-slurm"))
 
 PRED = "results/predictions/model={m}/task=ruler_niah/length=1024/method=dense/ratio=1/shard={s}/part.parquet"
 INFER_LOG = "results/logs/infer/model={m}/task=ruler_niah/length=1024/method=dense/ratio=1/shard={s}.log"
+SERVER_LOG = "results/logs/model_server/model={m}.log"
 DATA = "results/data/tokenizer=tiny/task=ruler_niah/length=1024/mode=direct/samples.parquet"
 SUMMARY = "results/aggregate/summary.parquet"
 PRED_COLUMNS = ["sample_id", "prediction", "input_tokens", "output_tokens", "stop_reason", "sparsity", "density"]
 TIMING_COLUMNS = {"mean_prefill_ms", "mean_decode_ms_per_token", "max_peak_mem_mb"}
-# test node memory per job (MB at attempt 1); the site profile's values are for real cluster nodes
-TEST_MEM = {"infer": 1000}
+# test node memory per job (MB at attempt 1); the site profile's values are for real cluster nodes. A load's SLURM
+# job requests its model server's memory (the cells it serves request none).
+TEST_MEM = {"model_server": 1000}
 TEST_MEM_DEFAULT = 500
-SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
+SUBMITTED = re.compile(r"Job \S+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
+# the comment of a load's SLURM job: its Snakemake group (rules/infer.smk: load_<load id>) and the group's rules
+LOAD = "load_model-{m}_infer_model_server"
 SQUEUE_FIELDS = ["JobID", "State", "MinMemory", "tres-per-job", "cpus-per-tres", "Comment"]
 
 
@@ -112,7 +118,8 @@ def squeue(slurm, job_ids) -> dict[str, dict]:
 
 
 def job_key(comment: str) -> str:
-    """'rule_infer_wildcards_tiny-b_ruler_niah_1024_dense_1_1' -> 'infer tiny-b_ruler_niah_1024_dense_1_1'."""
+    """'rule_score_wildcards_tiny-b_ruler_niah_1024' -> 'score tiny-b_ruler_niah_1024'; a group job's comment
+    names its group and rules: 'rule_load_model-tiny-b_infer_model_server' -> 'load_model-tiny-b_infer_model_server'."""
     m = re.fullmatch(r"rule_(.+?)(?:_wildcards_(.+))?", comment)
     assert m, comment
     return f"{m.group(1)} {m.group(2) or ''}".strip()
@@ -133,7 +140,9 @@ def make_test_profile(dst: Path, slurm: dict, cpus_per_gpu: int | None = None) -
     prof = yaml.safe_load(SITE_PROFILE.read_text())
     assert prof["executor"] == "slurm" and prof["retries"] >= 1
     assert prof["slurm-status-command"] in ("squeue", "sacct")
-    assert prof["set-resources"]["infer"].get("cpus_per_gpu"), "GPU jobs should request CPUs per GPU"
+    assert prof["set-resources"]["model_server"].get("cpus_per_gpu"), "GPU jobs should request CPUs per GPU"
+    assert prof["set-resources"]["infer"]["slurm_partition"] == prof["set-resources"]["model_server"][
+        "slurm_partition"], "a load's cells and its server must name the same partition"
     assert not any("slurm_extra" in r for r in prof["set-resources"].values()), "no --gres/--gpus in slurm_extra"
     prof["default-resources"]["slurm_partition"] = slurm["partition"]
     prof["default-resources"]["mem_mb"] = _mem_expr(prof["default-resources"]["mem_mb"], TEST_MEM_DEFAULT)
@@ -203,8 +212,8 @@ def summary_rows(wf) -> list[dict]:
 
 
 def gpu_request_run(workdir: Path, slurm: dict, tiny_model: Path, done: SlurmWorkflow):
-    """A study of one `device: cuda` model, its shard-0 inference job only, no retries. Task data is copied from
-    `done` (no metadata: Snakemake takes it as up to date), so the one SLURM job is the GPU job."""
+    """A study of one `device: cuda` model, its shard-0 inference cell only, no retries. Task data is copied from
+    `done` (no metadata: Snakemake takes it as up to date), so the one SLURM job is the GPU load's job."""
     gpu_wf = SlurmWorkflow(workdir, slurm, cpus_per_gpu=1)   # 1 CPU: leaves the other to the run alongside
     shutil.copytree(done.path("results/data"), gpu_wf.path("results/data"))
     cfg = study(str(tiny_model))
@@ -255,11 +264,17 @@ def test_study_on_live_slurm_cluster(slurm, tiny_model, workflow, tmp_path, caps
     say(f"run 1 (study: 2 models x 1 length x dense, 2 shards each): {len(ids)} SLURM jobs in {secs:.0f} s")
     show(ids, jobs)
     # aggregation and charts are local rules: they run in the submitting Snakemake, never as SLURM jobs
+    # inference: one SLURM job per model load (server + its 2 cell shards), not one per cell
     assert Counter(j["rule"].split()[0] for j in jobs.values()) == Counter(
-        {"task_data": 1, "infer": 4, "score": 2})
+        {"task_data": 1, LOAD.format(m="tiny-a"): 1, LOAD.format(m="tiny-b"): 1, "score": 2})
     assert wf.path(SUMMARY).exists()
     assert all(j["state"] == "COMPLETED" for j in jobs.values()), jobs
-    assert {j["mem"] for j in jobs.values() if j["rule"].startswith("infer ")} == {f"{TEST_MEM['infer']}M"}
+    assert {j["mem"] for j in jobs.values() if j["rule"].startswith("load_")} == {f"{TEST_MEM['model_server']}M"}
+    loads = {read_metadata(wf.path(PRED.format(m=m, s=s)))["model_server"]["load_id"]
+             for m in ("tiny-a", "tiny-b") for s in (0, 1)}
+    assert sum(wf.path(SERVER_LOG.format(m=m)).read_text().count("loaded model ") for m in ("tiny-a", "tiny-b")) \
+        == len(loads) == 2
+    say(f"model loads: {len(loads)} for 4 cell shards (one SLURM job per load)")
     logs = sorted(wf.path("results/logs/slurm").rglob("*.log"))      # one per job, kept after success
     assert sorted(p.stem for p in logs) == sorted(ids), logs
 
@@ -290,16 +305,18 @@ def test_study_on_live_slurm_cluster(slurm, tiny_model, workflow, tmp_path, caps
     say(f"run 2 (tiny-b dtype float32 -> bfloat16; SFW_FAULT=fail_once on tiny-b shard 1): "
         f"{len(ids)} SLURM jobs in {secs:.0f} s")
     show(ids, jobs)
-    failing = "infer tiny-b_ruler_niah_1024_dense_1_1"
-    assert Counter(j["rule"] for j in jobs.values()) == Counter({
-        "infer tiny-b_ruler_niah_1024_dense_1_0": 1, failing: 2, "score tiny-b_ruler_niah_1024": 1})
+    failing = LOAD.format(m="tiny-b")     # the load job of tiny-b's cells, one of which fails once
+    assert Counter(j["rule"] for j in jobs.values()) == Counter({failing: 2, "score tiny-b_ruler_niah_1024": 1})
     attempts = [jobs[j] for j in ids if jobs[j]["rule"] == failing]
     assert [(a["state"], a["mem"]) for a in attempts] == [
-        ("FAILED", f"{TEST_MEM['infer']}M"), ("COMPLETED", f"{2 * TEST_MEM['infer']}M")], attempts
+        ("FAILED", f"{TEST_MEM['model_server']}M"), ("COMPLETED", f"{2 * TEST_MEM['model_server']}M")], attempts
     assert all(j["state"] == "COMPLETED" for j in jobs.values() if j["rule"] != failing)
     assert list(fault_dir.glob("fail_once-*")), "the fault fired inside the SLURM job"
+    server_log = wf.path(SERVER_LOG.format(m="tiny-b")).read_text()           # attempt 2's
+    assert server_log.count("restored from salvage") == 1 and server_log.count("loaded model ") == 1, server_log
     say(f"retry: {failing}: attempt 1 {attempts[0]['state']} with mem={attempts[0]['mem']}, "
-        f"attempt 2 {attempts[1]['state']} with mem={attempts[1]['mem']}")
+        f"attempt 2 {attempts[1]['state']} with mem={attempts[1]['mem']} (shard 0 restored from the server's "
+        "salvage, shard 1 computed)")
 
     assert {s: wf.path(PRED.format(m="tiny-a", s=s)).stat().st_mtime_ns for s in (0, 1)} == untouched
     for s in (0, 1):
@@ -321,12 +338,12 @@ def test_study_on_live_slurm_cluster(slurm, tiny_model, workflow, tmp_path, caps
         show(ids, jobs)
         assert rc != 0 and len(ids) == 1
         job = jobs[ids[0]]
-        cpus_per_gpu = gpu_wf.profile["set-resources"]["infer"]["cpus_per_gpu"]
+        cpus_per_gpu = gpu_wf.profile["set-resources"]["model_server"]["cpus_per_gpu"]
         assert (job["rule"], job["gpus"], job["cpus_per_gpu"], job["state"]) == (
-            "infer tiny-gpu_ruler_niah_1024_dense_1_0", "gres:gpu:1", f"gres:gpu:{cpus_per_gpu}", "FAILED")
+            LOAD.format(m="tiny-gpu"), "gres:gpu:1", f"gres:gpu:{cpus_per_gpu}", "FAILED")
         log = gpu_wf.path(INFER_LOG.format(m="tiny-gpu", s=0)).read_text()
-        assert "no CUDA device is available" in log, log[-2000:]
+        assert "no CUDA device is available" in log and "cell failed in the model server" in log, log[-2000:]
         say("GPU job: scheduled with gres:gpu:1 and failed inside SLURM with 'no CUDA device is available' "
-            "(CPU-only torch)")
+            "(CPU-only torch), the server's traceback in the cell's log")
 
     say(f"SLURM test total: {time.monotonic() - t_start:.0f} s")

@@ -8,6 +8,11 @@ the cell spec, the resolved budgets and provenance go into the parquet schema me
 Every method (dense too) runs through ``sparse_kernels.hf``: the model is loaded with our attention
 implementation and generation is the shared greedy loop with a :class:`SparseSession`.
 
+The workflow runs cells through a model server (``workflow_scripts.server``), which loads the model once and
+calls :func:`run` with it for every cell of its load group; this command line loads the model itself (one cell).
+A model on several visible GPUs is spread over them (``device_map="auto"``, ``max_memory`` per GPU from
+:func:`gpu_max_memory`; needs the ``accelerate`` package).
+
 Sparsity columns (per sample; averaged over layers and heads, and for decode-side methods over decode steps):
 
 * ``prefill_sparsity`` / ``decode_sparsity``: the paper's definition for the method of that phase
@@ -29,6 +34,7 @@ import ast
 import resource
 import sys
 import time
+from dataclasses import dataclass
 
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
@@ -43,16 +49,67 @@ def resolve_device(name: str):
     return torch.device(name)
 
 
-def load_model(path: str, dtype: str, device):
-    """The checkpoint with our attention implementation (plain SDPA outside a sparse session)."""
+def load_model(path: str, dtype: str, device, max_memory: dict | None = None):
+    """The checkpoint with our attention implementation (plain SDPA outside a sparse session). With
+    ``max_memory`` ({gpu index: bytes}) the model is spread over those GPUs (``device_map="auto"``)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from sparse_kernels.hf import register
 
+    kwargs = {}
+    if max_memory:
+        try:
+            import accelerate  # noqa: F401
+        except ImportError:
+            raise RuntimeError("spreading a model over several GPUs (device_map) needs the `accelerate` package: "
+                               "pip install accelerate") from None
+        kwargs = {"device_map": "auto", "max_memory": dict(max_memory)}
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, DTYPES[dtype]),
-                                                 attn_implementation=register())
-    return model.to(device).eval()
+                                                 attn_implementation=register(), **kwargs)
+    return (model if max_memory else model.to(device)).eval()
+
+
+def gpu_max_memory(totals: list[int], reserve_bytes: int = 0, usable: float = 0.9,
+                   overhead: int = 2 * 2**30) -> dict[int, int]:
+    """Weight budget per visible GPU for ``device_map="auto"``: its memory x ``usable``, less a share of the
+    KV cache + activations (``reserve_bytes``, spread like the layers) and a fixed overhead; at least 10 %."""
+    n = len(totals)
+    return {i: int(max(0.1 * t, usable * t - reserve_bytes / n - overhead)) for i, t in enumerate(totals)}
+
+
+@dataclass
+class LoadedModel:
+    """A model and its tokenizer, loaded once (by a cell's own job or by a model server)."""
+    model: object
+    tokenizer: object
+    device: object
+    load_s: float
+    spec: dict            # model_path, tokenizer, dtype, device it was loaded with
+    gpus: int = 0
+
+    def matches(self, cell: dict) -> bool:
+        return all(cell.get(k) == self.spec.get(k) for k in ("model_path", "tokenizer", "dtype", "device"))
+
+
+def load(spec: dict) -> LoadedModel:
+    """Load ``spec``'s model (``model_path``, ``tokenizer``, ``dtype``, ``device``; optional ``reserve_bytes``):
+    on every visible GPU when ``device`` is cuda and several are visible, else on the one device."""
+    import torch
+    from transformers import AutoTokenizer
+
+    device = resolve_device(spec["device"])
+    t0 = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(spec["tokenizer"])
+    max_memory = None
+    n_gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    if n_gpus > 1:
+        totals = [torch.cuda.get_device_properties(i).total_memory for i in range(n_gpus)]
+        max_memory = gpu_max_memory(totals, int(spec.get("reserve_bytes") or 0))
+        device = torch.device("cuda", 0)
+    model = load_model(spec["model_path"], spec["dtype"], device, max_memory)
+    keys = ("model_path", "tokenizer", "dtype", "device")
+    return LoadedModel(model, tokenizer, device, time.perf_counter() - t0, {k: spec[k] for k in keys}, n_gpus)
 
 
 def load_calibration(path: str | None) -> dict | None:
@@ -83,20 +140,49 @@ def eos_ids_of(model, tokenizer) -> set[int]:
     return ids
 
 
-def peak_memory_mb(device) -> float:
+def model_cuda_devices(model) -> list:
+    return sorted({p.device for p in model.parameters() if p.device.type == "cuda"}, key=lambda d: d.index or 0)
+
+
+def reset_peak_memory(device, cuda_devices=()) -> None:
+    """Start a cell's peak-memory measurement (a model server runs many cells in one process): CUDA peak stats,
+    or on Linux the process's peak RSS (VmHWM, reset through /proc/self/clear_refs)."""
     import torch
 
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+        for d in cuda_devices or [device]:
+            torch.cuda.reset_peak_memory_stats(d)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
-def run(cell: dict, data_path: str, out_path: str, threads: int = 1) -> None:
+def peak_memory_mb(device, cuda_devices=()) -> float:
+    import torch
+
+    if device.type == "cuda":
+        return sum(torch.cuda.max_memory_allocated(d) for d in (cuda_devices or [device])) / 2**20
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024        # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB (peak since process start)
+
+
+def run(cell: dict, data_path: str, out_path: str, threads: int = 1, loaded: LoadedModel | None = None,
+        metadata: dict | None = None) -> None:
+    """Run one cell shard and write its parquet. ``loaded``: a model loaded earlier (by a model server) for
+    this cell's model; else the model is loaded here. ``metadata``: extra entries for the parquet metadata."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
     from tqdm import tqdm
-    from transformers import AutoTokenizer
 
     from sparse_kernels.hf.build import build_methods
     from sparse_kernels.hf.generate import greedy_generate
@@ -133,16 +219,21 @@ def run(cell: dict, data_path: str, out_path: str, threads: int = 1) -> None:
     single_phase = None
     if (prefill is None) != (decode is None):
         single_phase = "prefill" if prefill is not None else "decode"
-    t_load = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(cell["tokenizer"])
-    model = load_model(cell["model_path"], cell["dtype"], device)
-    load_s = time.perf_counter() - t_load
+    if loaded is None:
+        loaded = load(cell)
+        print(f"loaded {cell['model_path']} on {loaded.device} in {loaded.load_s:.1f}s", flush=True)
+    elif not loaded.matches(cell):
+        raise RuntimeError(f"cell needs {[cell.get(k) for k in ('model_path', 'dtype', 'device')]}, the loaded "
+                           f"model is {loaded.spec}")
+    else:
+        print(f"using {cell['model_path']} loaded once on {loaded.device} in {loaded.load_s:.1f}s", flush=True)
+    model, tokenizer, device, load_s = loaded.model, loaded.tokenizer, loaded.device, loaded.load_s
     eos = eos_ids_of(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
-    print(f"loaded {cell['model_path']} on {device} in {load_s:.1f}s; eos={sorted(eos)}", flush=True)
+    print(f"eos={sorted(eos)}", flush=True)
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    cuda_devices = model_cuda_devices(model) if device.type == "cuda" else []
+    reset_peak_memory(device, cuda_devices)
     out_rows = []
     bs = cell["batch_size"]
     with tqdm(total=len(rows), desc=f"{cell['model']}/{cell['task']}/{cell['length']}/{cell['method']}",
@@ -177,7 +268,7 @@ def run(cell: dict, data_path: str, out_path: str, threads: int = 1) -> None:
                     "prefill_ms": gen.prefill_s * 1e3,
                     "decode_ms_per_token": gen.decode_s * 1e3 / gen.decode_steps if gen.decode_steps else None,
                     "batch_size": len(batch),
-                    "peak_mem_mb": peak_memory_mb(device),
+                    "peak_mem_mb": peak_memory_mb(device, cuda_devices),
                 })
             bar.update(len(batch))
     schema = pa.schema([
@@ -191,7 +282,8 @@ def run(cell: dict, data_path: str, out_path: str, threads: int = 1) -> None:
     ])
     write_parquet(pa.Table.from_pylist(out_rows, schema=schema), out_path,
                   {"cell": cell, "device": str(device), "model_load_s": load_s, "budgets": budgets,
-                   "executor": session.executor.name if session.executor else None, "provenance": provenance()})
+                   "executor": session.executor.name if session.executor else None, "provenance": provenance(),
+                   **(metadata or {})})
     print(f"wrote {len(out_rows)} rows to {out_path}")
 
 
