@@ -244,7 +244,7 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
     probes = _probe_set(cfg, tok)
     budget = t_cfg["minutes"] * 60
     rng = random.Random(cfg["seed"])
-    log, probe_log, step, seen_tokens = [], [], 0, 0
+    log, probe_log, step, seen_tokens, skipped = [], [], 0, 0, 0
     t0 = time.time()
     next_probe = (t_cfg.get("probe_seconds", 0) if probes else 0) or float("inf")
     # The step is launch/overhead-bound for these small models (~45 ms at any batch shape on an H100):
@@ -280,13 +280,20 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
         loss, ce, wt = step_loss(model, ids, w)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if not bool(torch.isfinite(norm)):      # a non-finite step would poison the weights for good (attempt 9)
+            skipped += 1
+            if skipped > t_cfg.get("max_skipped_steps", 200):
+                raise RuntimeError(f"[{size}] {skipped} non-finite gradient steps: lower train.lr")
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            continue
         opt.step()
         seen_tokens += int(ids.numel())
         if step % 50 == 0:
             ans = (wt == 1.0)
             ans_loss = float((ce.detach() * ans).sum() / ans.sum())
-            log.append({"step": step, "seconds": round(elapsed, 1), "lr": lr, "length": L, "loss": float(loss.detach()),
+            log.append({"step": step, "seconds": round(elapsed, 1), "lr": lr, "skipped": skipped, "length": L, "loss": float(loss.detach()),
                         "answer_loss": ans_loss, "tokens": seen_tokens, "stream_samples": pool.loaded})
             print(f"[{size}] step {step} t={elapsed:.0f}s L={L} loss={float(loss.detach()):.3f} answer={ans_loss:.3f} "
                   f"tok={seen_tokens / 1e6:.0f}M stream={pool.loaded}", flush=True)
@@ -294,7 +301,7 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
     train_s = time.time() - t0
     model.eval()
     save_weights(model, tok, out_dir)        # before evaluation: a cut-off run still leaves the weights
-    write_log(out_dir, {"size": size, "n_params": n_params, "steps": step, "tokens": seen_tokens,
+    write_log(out_dir, {"size": size, "n_params": n_params, "steps": step, "skipped_steps": skipped, "tokens": seen_tokens,
                         "seconds": train_s, "stream_samples": pool.loaded, "config": cfg, "log": log,
                         "probes": probe_log})
     if run["eval"].get("after_training", True):
@@ -318,8 +325,20 @@ def evaluate_size(cfg: dict, work: Path, size: str, model=None, tok=None) -> Non
     record["eval"] = evaluate(cfg, run["eval"], model, tok)
     record["n_params"] = sum(p.numel() for p in model.parameters())
     write_log(out_dir, record)
+    write_card(out_dir, size, record)
+
+
+def write_card(out_dir: Path, size: str, record: dict) -> None:
+    """README.md (model card) and recipe.yaml (the exact training config of this size, to retrain it)."""
+    recipe = json.loads(json.dumps(record["config"]))
+    recipe["data"].pop("stream", None)           # a path of the training machine
+    recipe["data"]["length_share"] = {int(k): v for k, v in recipe["data"]["length_share"].items()}  # JSON: str keys
+    with atomic_path(out_dir / "recipe.yaml") as tmp:
+        tmp.write_text(f"# Exact recipe of models/{size} (from its training_log.json). Retrain this size:\n"
+                       f"#   python -m workflow_scripts.train_reference --config models/{size}/recipe.yaml "
+                       f"--work DIR --sizes {size}\n" + yaml.safe_dump(recipe, sort_keys=False))
     with atomic_path(out_dir / "README.md") as tmp:
-        tmp.write_text(model_card(size, cfg, record))
+        tmp.write_text(model_card(size, recipe, record))
 
 
 def _probe_set(cfg: dict, tok) -> dict:
@@ -443,18 +462,19 @@ It only knows the project's synthetic and story tasks in the **direct-answer** p
 | q heads / kv heads | {arch['num_attention_heads']} / {arch['num_key_value_heads']} |
 | vocabulary | {cfg['tokenizer']['vocab_size']} BPE tokens (trained on the task generators' text), ChatML chat template |
 | RoPE base / max positions | {t_cfg['rope_theta']:g} / {t_cfg['max_position_embeddings']} |
-| training data | {', '.join(d['tasks'])} at lengths {', '.join(map(str, d['lengths']))}, generated while training ({stream_samples:,} fresh samples read), seeds offset by {d['seed_offset']:,} (disjoint from evaluation) |
+| training data | {', '.join(f"{t} ({d.get('task_weights', {}).get(t, 1.0):g})" for t in d['tasks'])} (task weights) at lengths {', '.join(f"{L} ({d['length_share'][L]:g})" for L in d['lengths'])} (token shares), generated while training ({stream_samples:,} fresh samples read), seeds offset by {d['seed_offset']:,} (disjoint from evaluation) |
 | objective | next-token loss, weight 1 on answer tokens and {t_cfg['context_weight']} on prompt tokens |
-| training | {steps} steps, {tokens / 1e6:.0f}M tokens (padded), {seconds / 60:.1f} min on one H100, AdamW lr {t_cfg['lr']:g} cosine on elapsed time |
+| training | {steps} steps of {t_cfg['tokens_per_batch']} tokens, {tokens / 1e6:.0f}M tokens (padded), {seconds / 60:.1f} min on one H100, AdamW lr {t_cfg['lr']:g} (warm-up {t_cfg['warmup_steps']} steps, cosine on elapsed time), length curriculum {t_cfg.get('curriculum', 0):g} |
 | loss (weighted / answer-only) | start {first['loss']:.3f} / {first['answer_loss']:.3f}, middle {mid['loss']:.3f} / {mid['answer_loss']:.3f}, end {last['loss']:.3f} / {last['answer_loss']:.3f} |
 | retrieval probes during training | {probes} |
 | weights | bf16 safetensors, shards ≤ 15 MB |
-
+{f"| note | {record['note']} |" + chr(10) if record.get('note') else ''}
 ## Dense accuracy (direct mode, {run['eval']['samples']} evaluation samples per cell, seeds 43 + i)
 
 {chr(10).join(rows)}
 
-Retrain with `snakemake train_reference` (recipe `studies/train_reference.yaml`, needs a CUDA GPU).
+Retrain this size exactly: `python -m workflow_scripts.train_reference --config models/{size}/recipe.yaml --work DIR
+--sizes {size}` (needs a CUDA GPU); the whole family: `snakemake train_reference` (`studies/train_reference.yaml`).
 """
 
 
@@ -503,8 +523,11 @@ def main(argv=None) -> None:
         for c in a.config:
             cmd += ["--config", c]
         try:
-            procs = [subprocess.Popen(cmd + ["--size", s], cwd=str(ROOT)) for s in sizes]
-            codes = [p.wait() for p in procs]
+            if cfg["train"].get("concurrent"):      # sizes share the GPU (each gets fewer steps)
+                procs = [subprocess.Popen(cmd + ["--size", s], cwd=str(ROOT)) for s in sizes]
+                codes = [p.wait() for p in procs]
+            else:                                     # each size alone on the GPU, one after another
+                codes = [subprocess.call(cmd + ["--size", s], cwd=str(ROOT)) for s in sizes]
         finally:
             for g in gens:
                 g.terminate()
