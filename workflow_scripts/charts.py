@@ -13,11 +13,22 @@ def save_chart(chart, html_path: str, png_path: str | None = None) -> None:
             chart.save(str(tmp), format="png", scale_factor=2)
 
 
+def with_dense_anchor(df):
+    """Each sparse method's rows plus a copy of the dense row of the same (model, task, length) at ratio 1, so
+    every method's line starts at the dense score it degrades from (dense keeps its own point)."""
+    import pandas as pd
+
+    keys = ["model", "task", "length"]
+    cells = df.loc[df["method"] != "dense", keys + ["method"]].drop_duplicates()
+    anchors = cells.merge(df[df["method"] == "dense"].drop(columns="method"), on=keys)
+    return pd.concat([df, anchors[df.columns]], ignore_index=True)
+
+
 def score_vs_ratio(summary_path: str, html_path: str, png_path: str) -> None:
     import altair as alt
     import pandas as pd
 
-    df = pd.read_parquet(summary_path)
+    df = with_dense_anchor(pd.read_parquet(summary_path))
     df["lo"] = (df["mean"] - df["se"]).clip(lower=0)
     df["hi"] = (df["mean"] + df["se"]).clip(upper=1)
     df["length"] = df["length"].astype(str)
@@ -27,7 +38,8 @@ def score_vs_ratio(summary_path: str, html_path: str, png_path: str) -> None:
     )
     lines = base.mark_line(point=True).encode(
         y=alt.Y("mean:Q", scale=alt.Scale(domain=[0, 1]), title="mean score"),
-        strokeDash=alt.StrokeDash("model:N", title="model"),
+        strokeDash=alt.StrokeDash("model:N", legend=None),      # one legend for model: the point shape
+        shape=alt.Shape("model:N", title="model"),
         tooltip=["model", "task", "length", "method", "ratio", "n", alt.Tooltip("mean:Q", format=".3f"),
                  alt.Tooltip("se:Q", format=".3f")],
     )

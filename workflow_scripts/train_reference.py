@@ -293,7 +293,8 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
         if step % 50 == 0:
             ans = (wt == 1.0)
             ans_loss = float((ce.detach() * ans).sum() / ans.sum())
-            log.append({"step": step, "seconds": round(elapsed, 1), "lr": lr, "skipped": skipped, "length": L, "loss": float(loss.detach()),
+            log.append({"step": step, "seconds": round(elapsed, 1), "lr": lr, "skipped": skipped, "length": L,
+                        "loss": float(loss.detach()),
                         "answer_loss": ans_loss, "tokens": seen_tokens, "stream_samples": pool.loaded})
             print(f"[{size}] step {step} t={elapsed:.0f}s L={L} loss={float(loss.detach()):.3f} answer={ans_loss:.3f} "
                   f"tok={seen_tokens / 1e6:.0f}M stream={pool.loaded}", flush=True)
@@ -301,7 +302,8 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
     train_s = time.time() - t0
     model.eval()
     save_weights(model, tok, out_dir)        # before evaluation: a cut-off run still leaves the weights
-    write_log(out_dir, {"size": size, "n_params": n_params, "steps": step, "skipped_steps": skipped, "tokens": seen_tokens,
+    write_log(out_dir, {"size": size, "n_params": n_params, "steps": step, "skipped_steps": skipped,
+                        "tokens": seen_tokens,
                         "seconds": train_s, "stream_samples": pool.loaded, "config": cfg, "log": log,
                         "probes": probe_log})
     if run["eval"].get("after_training", True):
