@@ -4,7 +4,7 @@
 
 Builds each size of studies/train_reference.yaml with random weights, feeds random token batches of the recipe's
 tokens_per_batch at each length (width L + answer_pad, as the compiled trainer pads), and prints ms per step
-(forward + loss + backward + clip + AdamW) and tokens/s, all measured in this run; with --profile, the top CUDA
+(forward + loss + backward + clip + finiteness check + AdamW, as the trainer) and tokens/s, all measured in this run; with --profile, the top CUDA
 kernels and the CPU/GPU time split of one eager step. Not a test.
 """
 
@@ -21,28 +21,21 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from workflow_scripts.train_reference import _weighted_loss, size_config  # noqa: E402
+from workflow_scripts.train_reference import _weighted_loss, new_model, optimizer_step, size_config  # noqa: E402
 
 
 def build(cfg: dict, size: str, vocab: int = 8192):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     arch, run = size_config(cfg, size)
     t = run["train"]
-    mcfg = Qwen2Config(vocab_size=vocab, tie_word_embeddings=True, rope_theta=t["rope_theta"],
-                       max_position_embeddings=t["max_position_embeddings"], **arch)
-    model = Qwen2ForCausalLM._from_config(mcfg, attn_implementation="sdpa").cuda()
+    model = new_model(arch, t, vocab).cuda()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     return model, opt, t
 
 
 def step_fn(model, opt, loss_fn):
-    def step(ids, w):
+    def step(ids, w):     # the trainer's step: forward + loss, then train_reference.optimizer_step
         loss, _, _ = loss_fn(model, ids, w)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimizer_step(model, opt, loss)
         return loss
     return step
 

@@ -88,8 +88,10 @@ class LoadedModel:
     spec: dict            # model_path, tokenizer, dtype, device it was loaded with
     gpus: int = 0
 
+    KEYS = ("model_path", "tokenizer", "dtype", "device")     # what a cell must share with the loaded model
+
     def matches(self, cell: dict) -> bool:
-        return all(cell.get(k) == self.spec.get(k) for k in ("model_path", "tokenizer", "dtype", "device"))
+        return all(cell.get(k) == self.spec.get(k) for k in self.KEYS)
 
 
 def load(spec: dict) -> LoadedModel:
@@ -108,8 +110,8 @@ def load(spec: dict) -> LoadedModel:
         max_memory = gpu_max_memory(totals, int(spec.get("reserve_bytes") or 0))
         device = torch.device("cuda", 0)
     model = load_model(spec["model_path"], spec["dtype"], device, max_memory)
-    keys = ("model_path", "tokenizer", "dtype", "device")
-    return LoadedModel(model, tokenizer, device, time.perf_counter() - t0, {k: spec[k] for k in keys}, n_gpus)
+    return LoadedModel(model, tokenizer, device, time.perf_counter() - t0, {k: spec[k] for k in LoadedModel.KEYS},
+                       n_gpus)
 
 
 def load_calibration(path: str | None) -> dict | None:

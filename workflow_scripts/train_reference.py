@@ -190,6 +190,31 @@ def _weighted_loss(model, ids, w):
     return (ce * wt).sum() / wt.sum(), ce.detach(), wt
 
 
+def optimizer_step(model, opt, loss) -> bool:
+    """Backward, gradient clipping at norm 1 and the AdamW update; False (no update) when the gradient is not
+    finite: one such step would poison the weights for good (attempt 9)."""
+    import torch
+
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    if not bool(torch.isfinite(norm)):
+        opt.zero_grad(set_to_none=True)
+        return False
+    opt.step()
+    return True
+
+
+def new_model(arch: dict, t_cfg: dict, vocab_size: int, **token_ids):
+    """A randomly initialised Qwen2 model of one size (``arch``) with the recipe's RoPE settings; tied embeddings."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    mcfg = Qwen2Config(vocab_size=vocab_size, tie_word_embeddings=True, rope_theta=t_cfg["rope_theta"],
+                       max_position_embeddings=t_cfg["max_position_embeddings"], bos_token_id=None,
+                       **token_ids, **arch)
+    return Qwen2ForCausalLM._from_config(mcfg, attn_implementation="sdpa")
+
+
 def _collate(batch, pad_id: int, context_weight: float, device, width: int | None = None):
     """Right-padded ids and per-token loss weights; ``width`` fixes the padded width (longer samples are cut)."""
     import torch
@@ -217,7 +242,7 @@ def size_config(cfg: dict, size: str) -> tuple[dict, dict]:
 
 def train_one(cfg: dict, work: Path, size: str) -> None:
     import torch
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoTokenizer
 
     out_dir = work / "models" / size
     if (out_dir / "training_log.json").exists():
@@ -227,10 +252,7 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
     torch.manual_seed(cfg["seed"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")   # cpu: smoke tests only
     tok = AutoTokenizer.from_pretrained(str(work / "tokenizer"))
-    mcfg = Qwen2Config(vocab_size=len(tok), tie_word_embeddings=True, rope_theta=t_cfg["rope_theta"],
-                       max_position_embeddings=t_cfg["max_position_embeddings"], eos_token_id=tok.eos_token_id,
-                       pad_token_id=tok.pad_token_id, bos_token_id=None, **arch)
-    model = Qwen2ForCausalLM._from_config(mcfg, attn_implementation="sdpa").to(device)
+    model = new_model(arch, t_cfg, len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
@@ -247,9 +269,9 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
     log, probe_log, step, seen_tokens, skipped = [], [], 0, 0, 0
     t0 = time.time()
     next_probe = (t_cfg.get("probe_seconds", 0) if probes else 0) or float("inf")
-    # The step is launch/overhead-bound for these small models (~45 ms at any batch shape on an H100):
-    # `compile` pads every batch of a length to one width (one static shape per length) and compiles the
-    # forward + loss (mode e.g. "reduce-overhead" = CUDA graphs).
+    # Eager, ~40 % of the step is unfused elementwise kernels (bench/bench_train_step.py --profile): `compile`
+    # pads every batch of a length to one width (one static shape per length) and compiles the forward + loss
+    # (mode e.g. "reduce-overhead" = CUDA graphs).
     compiled = bool(t_cfg.get("compile"))
     step_loss = _weighted_loss
     if compiled:
@@ -278,17 +300,12 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
         ids, w = _collate(batch, tok.pad_token_id, t_cfg["context_weight"], device,
                           width=L + t_cfg["answer_pad"] if compiled else None)
         loss, ce, wt = step_loss(model, ids, w)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        if not bool(torch.isfinite(norm)):      # a non-finite step would poison the weights for good (attempt 9)
+        if not optimizer_step(model, opt, loss):
             skipped += 1
             if skipped > t_cfg.get("max_skipped_steps", 200):
                 raise RuntimeError(f"[{size}] {skipped} non-finite gradient steps: lower train.lr")
-            opt.zero_grad(set_to_none=True)
             step += 1
             continue
-        opt.step()
         seen_tokens += int(ids.numel())
         if step % 50 == 0:
             ans = (wt == 1.0)
