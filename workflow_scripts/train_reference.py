@@ -6,9 +6,12 @@
 Stages (outputs under WORK):
   tokenizer  BPE tokenizer (tokenizers, ChatML chat template) trained on text of every task generator
   train      generator processes write fresh direct-mode samples (prompt + "<answer>…</answer>" + EOS, seeds
-             disjoint from evaluation) into a stream folder while one trainer process per size reads it; all
-             sizes train concurrently on one GPU, each for a wall-clock budget (cosine schedule on elapsed time),
-             then evaluate densely on the evaluation seeds and write their model card.
+             disjoint from evaluation) into a stream folder while one trainer process per size reads it; sizes
+             train one after another (or concurrently, train.concurrent) for a fixed number of steps
+             (train.steps: every size sees as many batches) capped by a wall-clock budget (train.minutes, which
+             includes compilation and probes); the cosine schedule and the length curriculum follow the progress
+             (steps or time, whichever ends first). Then each size is evaluated densely on the evaluation seeds
+             and gets its model card.
 
 The result is WORK/models/<size>/: bf16 safetensors shards (<= 15 MB each), tokenizer, README.md model card,
 training_log.json (loss curve, retrieval probes, evaluation). Needs a CUDA GPU for the train stage (a CPU run
@@ -190,19 +193,19 @@ def _weighted_loss(model, ids, w):
     return (ce * wt).sum() / wt.sum(), ce.detach(), wt
 
 
-def optimizer_step(model, opt, loss) -> bool:
-    """Backward, gradient clipping at norm 1 and the AdamW update; False (no update) when the gradient is not
-    finite: one such step would poison the weights for good (attempt 9)."""
+def optimizer_step(model, opt, loss):
+    """Backward, gradient clipping at norm 1 and the fused AdamW update, without a host synchronisation: a
+    non-finite gradient (one such step would poison the weights for good, attempt 9) sets the optimizer's
+    ``found_inf`` so the fused kernel skips the update on the device. Returns that flag (a 0-d float tensor:
+    1.0 = step skipped); the trainer reads the sum at logging time. ``opt`` must be a fused Adam/AdamW."""
     import torch
 
     opt.zero_grad(set_to_none=True)
     loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    if not bool(torch.isfinite(norm)):
-        opt.zero_grad(set_to_none=True)
-        return False
+    opt.found_inf = (~torch.isfinite(norm)).float()
     opt.step()
-    return True
+    return opt.found_inf
 
 
 def new_model(arch: dict, t_cfg: dict, vocab_size: int, **token_ids):
@@ -228,6 +231,8 @@ def _collate(batch, pad_id: int, context_weight: float, device, width: int | Non
         # weight of predicting token t (position t-1 predicts it): context tokens light, answer tokens 1
         w[i, 1:p] = context_weight
         w[i, p:n] = 1.0
+    if device.type == "cuda":   # pinned: a copy from pageable memory would wait for the GPU (no overlap)
+        ids, w = ids.pin_memory(), w.pin_memory()
     return ids.to(device, non_blocking=True), w.to(device, non_blocking=True)
 
 
@@ -258,30 +263,52 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": t_cfg["weight_decay"]},
                              {"params": no_decay, "weight_decay": 0.0}], lr=t_cfg["lr"], betas=(0.9, 0.95),
-                            fused=device.type == "cuda")
+                            fused=True)     # fused: skips non-finite steps on the device (optimizer_step)
     lengths = sorted(cfg["data"]["lengths"])
     share = {L: cfg["data"]["length_share"][L] for L in lengths}
     pool = StreamPool(Path(cfg["data"]["stream"]), cfg["data"]["pool_cap"])
-    pool.wait(lengths[:1])
-    probes = _probe_set(cfg, tok)
+    t0 = time.time()                           # the budget counts compilation and probes too
     budget = t_cfg["minutes"] * 60
-    rng = random.Random(cfg["seed"])
-    log, probe_log, step, seen_tokens, skipped = [], [], 0, 0, 0
-    t0 = time.time()
-    next_probe = (t_cfg.get("probe_seconds", 0) if probes else 0) or float("inf")
+    max_steps = t_cfg.get("steps") or float("inf")
     # Eager, ~40 % of the step is unfused elementwise kernels (bench/bench_train_step.py --profile): `compile`
     # pads every batch of a length to one width (one static shape per length) and compiles the forward + loss
-    # (mode e.g. "reduce-overhead" = CUDA graphs).
+    # (mode e.g. "reduce-overhead" = CUDA graphs). Every length's shape is compiled before the first step
+    # (while the generator processes fill the stream), not in the middle of the length curriculum.
     compiled = bool(t_cfg.get("compile"))
     step_loss = _weighted_loss
     if compiled:
         step_loss = torch.compile(_weighted_loss, mode=t_cfg.get("compile_mode") or None, dynamic=False)
+        for L in lengths:
+            k = max(1, t_cfg["tokens_per_batch"] // L)
+            ids = torch.full((k, L + t_cfg["answer_pad"]), tok.pad_token_id, dtype=torch.long, device=device)
+            w = torch.ones(ids.shape, dtype=torch.float32, device=device)
+            for _ in range(3):                # CUDA graphs are recorded on a shape's third call
+                step_loss(model, ids, w)[0].backward()
+            model.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    warmup_s = time.time() - t0
+    pool.wait(lengths[:1])
+    probes = _probe_set(cfg, tok)
+    rng = random.Random(cfg["seed"])
+    log, probe_log, step, seen_tokens = [], [], 0, 0
+    skipped_t = torch.zeros((), device=device)
+    t1 = time.time()
+    train_budget = max(1.0, budget - (t1 - t0))     # the lr schedule and the curriculum follow this part
+    next_probe = (t_cfg.get("probe_seconds", 0) if probes else 0) or float("inf")
     model.train()
+
+    def check_skipped() -> int:
+        skipped = int(skipped_t.item())
+        if skipped > t_cfg.get("max_skipped_steps", 200):
+            raise RuntimeError(f"[{size}] {skipped} non-finite gradient steps: lower train.lr")
+        return skipped
+
     while True:
-        elapsed = time.time() - t0
-        if elapsed >= budget:
+        elapsed = time.time() - t1
+        frac = max(elapsed / train_budget, step / max_steps)   # progress: time or steps, whichever ends first
+        if frac >= 1.0:
             break
-        frac = elapsed / budget
         if step % 20 == 0:
             pool.refresh()
         if elapsed >= next_probe:
@@ -300,27 +327,24 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
         ids, w = _collate(batch, tok.pad_token_id, t_cfg["context_weight"], device,
                           width=L + t_cfg["answer_pad"] if compiled else None)
         loss, ce, wt = step_loss(model, ids, w)
-        if not optimizer_step(model, opt, loss):
-            skipped += 1
-            if skipped > t_cfg.get("max_skipped_steps", 200):
-                raise RuntimeError(f"[{size}] {skipped} non-finite gradient steps: lower train.lr")
-            step += 1
-            continue
+        skipped_t += optimizer_step(model, opt, loss)
         seen_tokens += int(ids.numel())
-        if step % 50 == 0:
+        if step % 50 == 0:                     # the only host synchronisation of the loop
             ans = (wt == 1.0)
             ans_loss = float((ce.detach() * ans).sum() / ans.sum())
+            skipped = check_skipped()
             log.append({"step": step, "seconds": round(elapsed, 1), "lr": lr, "skipped": skipped, "length": L,
                         "loss": float(loss.detach()),
                         "answer_loss": ans_loss, "tokens": seen_tokens, "stream_samples": pool.loaded})
             print(f"[{size}] step {step} t={elapsed:.0f}s L={L} loss={float(loss.detach()):.3f} answer={ans_loss:.3f} "
                   f"tok={seen_tokens / 1e6:.0f}M stream={pool.loaded}", flush=True)
         step += 1
+    skipped = check_skipped()
     train_s = time.time() - t0
     model.eval()
     save_weights(model, tok, out_dir)        # before evaluation: a cut-off run still leaves the weights
     write_log(out_dir, {"size": size, "n_params": n_params, "steps": step, "skipped_steps": skipped,
-                        "tokens": seen_tokens,
+                        "tokens": seen_tokens, "compile_seconds": round(warmup_s, 1),
                         "seconds": train_s, "stream_samples": pool.loaded, "config": cfg, "log": log,
                         "probes": probe_log})
     if run["eval"].get("after_training", True):
