@@ -283,8 +283,9 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
             ids = torch.full((k, L + t_cfg["answer_pad"]), tok.pad_token_id, dtype=torch.long, device=device)
             w = torch.ones(ids.shape, dtype=torch.float32, device=device)
             for _ in range(3):                # CUDA graphs are recorded on a shape's third call
+                model.zero_grad(set_to_none=True)   # as optimizer_step: graph outputs are not accumulated into
                 step_loss(model, ids, w)[0].backward()
-            model.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
     warmup_s = time.time() - t0
