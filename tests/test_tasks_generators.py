@@ -215,3 +215,21 @@ def test_story_chapters_keep_their_core_when_trimmed(renderer):
     for s in trimmed:
         chapters = parse_story(context_of(s.prompt))
         assert all(c["location"] and c["character"] and c["bought"] for c in chapters)
+
+
+
+def test_story_retrieval_kind_weights_steer_the_question_kinds(renderer):
+    cls = load_task_class("story_retrieval")
+    only_items = cls(renderer, 1024, "direct", kind_weights={"item": 1.0})
+    for i in range(3):
+        s = only_items.build(i)
+        assert set(s.gold["kinds"]) == {"item"}
+        assert all("Which item did" in line for line in question_of(s.prompt).splitlines() if line[:1].isdigit())
+    mixed = cls(renderer, 1024, "direct", kind_weights={"item": 3, "location": 1, "character": 1})
+    kinds = collections.Counter(k for i in range(40) for k in mixed.build(i).gold["kinds"])
+    assert kinds["item"] > kinds["location"] + kinds["character"]        # ~3/5 items vs ~1/3 uniform
+    # no weights and explicit None are the same draw (test_tasks_determinism pins the default's bytes)
+    plain, explicit_none = cls(renderer, 1024, "direct"), cls(renderer, 1024, "direct", kind_weights=None)
+    assert plain.build(5).prompt == explicit_none.build(5).prompt
+    with pytest.raises(ValueError, match="kind_weights"):
+        cls(renderer, 1024, "direct", kind_weights={"weapon": 1})

@@ -77,6 +77,12 @@ def _chunk_plan(cfg: dict) -> tuple[list[tuple[str, int]], list[float]]:
     return pairs, weights
 
 
+def train_task_params(cfg: dict, task: str) -> dict:
+    """A task's generator parameters for training data: ``task_params`` (shared with the evaluation) updated
+    by ``data.task_params`` (training only, e.g. story_retrieval's kind_weights)."""
+    return {**cfg.get("task_params", {}).get(task, {}), **cfg["data"].get("task_params", {}).get(task, {})}
+
+
 def _generator(cfg: dict, work: Path, stream: Path, worker: int, n_workers: int) -> None:
     """Endless producer: chunks of ``chunk`` direct-mode samples of one (task, length), token ids + answer ids."""
     import torch
@@ -102,7 +108,7 @@ def _generator(cfg: dict, work: Path, stream: Path, worker: int, n_workers: int)
             try:
                 tasks[k] = load_task_class(task)(Renderer(tok), length, "direct",
                                                  seed=cfg["seed"] + d["seed_offset"],
-                                                 **cfg.get("task_params", {}).get(task, {}))
+                                                 **train_task_params(cfg, task))
             except (LengthError, ValueError) as err:
                 print(f"generator: {task}@{length} unavailable ({err})", flush=True)
                 dead.add(k)

@@ -221,7 +221,10 @@ class _StoryTask(Task):
 class StoryRetrieval(_StoryTask):
     name = "story_retrieval"
     version = "1"
-    defaults = {"num_queries": 16}
+    # kind_weights (None = uniform): how often each question kind is drawn, e.g. {"item": 3, "location": 1,
+    # "character": 1}; a training-data knob (items are the hard kind: one mention per chapter, see
+    # docs/reference_models.md), evaluations keep the default.
+    defaults = {"num_queries": 16, "kind_weights": None}
 
     KINDS = ("location", "character", "item")
     _QUESTION = {
@@ -235,6 +238,12 @@ class StoryRetrieval(_StoryTask):
         q = self.params["num_queries"]
         if not (isinstance(q, int) and q >= 1):
             raise ValueError(f"task {self.name}: num_queries must be an integer >= 1, got {q!r}")
+        kw = self.params["kind_weights"]
+        if kw is not None and not (isinstance(kw, dict) and set(kw) <= set(self.KINDS)
+                                   and all(isinstance(v, (int, float)) and v >= 0 for v in kw.values())
+                                   and sum(kw.values()) > 0):
+            raise ValueError(f"task {self.name}: kind_weights must map some of {list(self.KINDS)} to weights >= 0 "
+                             f"with a positive sum, got {kw!r}")
 
     def _spec(self, lines: list[str]) -> PromptSpec:
         q = len(lines)
@@ -257,7 +266,11 @@ class StoryRetrieval(_StoryTask):
     def questions(self, chapters, rng):
         q = min(self.params["num_queries"], len(chapters))
         picked = rng.sample(range(len(chapters)), q)
-        kinds = [rng.choice(self.KINDS) for _ in picked]
+        kw = self.params["kind_weights"]
+        if kw is None:
+            kinds = [rng.choice(self.KINDS) for _ in picked]
+        else:
+            kinds = rng.choices(self.KINDS, weights=[kw.get(k, 0) for k in self.KINDS], k=len(picked))
         lines, answers = [], []
         for k, kind in zip(picked, kinds):
             ch = chapters[k]
