@@ -5,7 +5,7 @@
 @rulefunc
 def _tokenizer_input(wildcards):
     model = next(n for n in STUDY.models if STUDY.tokenizer_key(n) == wildcards.tokenizer)
-    return STUDY.tokenizer_path(model)
+    return STUDY.data_tokenizer_path(model)
 
 
 rule task_data:

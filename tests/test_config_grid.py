@@ -31,8 +31,23 @@ def test_score_inputs_as_patterns_equal_the_per_group_paths(tmp_path, tiny_model
                 assert apply_wildcards(study.shared_data_pattern(), w) == study.data_path(model, task, length)
 
 
+def test_task_data_is_shared_by_tokenizer_content_not_path(tmp_path, tiny_model):
+    # a copy of the tokenizer in another folder (a model family): one key, one set of task data
+    same = _study(tmp_path / "s", tiny_model, c={"path": str(tmp_path / "s" / "other")})
+    assert len(set(same.tokenizer_keys.values())) == 1
+    assert same.data_path("c", "ruler_niah", 1024) == same.data_path("a", "ruler_niah", 1024)
+    assert same.shared_data_pattern() is not None
+    first = min(str(tiny_model), str(tmp_path / "s" / "other"))
+    assert same.data_params(same.tokenizer_key("c"), "ruler_niah", 1024, "direct")["tokenizer"] == first
+    # the cell still records its own configured tokenizer path
+    assert same.cell_params("c", "ruler_niah", 1024, "dense", "1", 0)["tokenizer"] == str(tmp_path / "s" / "other")
+
+
 def test_no_shared_data_pattern_when_models_read_different_task_data(tmp_path, tiny_model):
-    other_tokenizer = _study(tmp_path / "t", tiny_model, c={"path": str(tmp_path / "t" / "other")})
+    _study(tmp_path / "t", tiny_model)            # copies the tokenizer to t/other; then change one token
+    tok = tmp_path / "t" / "other" / "tokenizer.json"
+    tok.write_text(tok.read_text().replace('"<|im_end|>"', '"<|im_stop|>"', 1))
+    other_tokenizer = _study(tmp_path / "t2", tiny_model, c={"path": str(tmp_path / "t" / "other")})
     assert len(set(other_tokenizer.tokenizer_keys.values())) == 2
     assert other_tokenizer.shared_data_pattern() is None
     other_mode = _study(tmp_path / "m", tiny_model, c={"path": str(tiny_model), "prompt_mode": "cot"})

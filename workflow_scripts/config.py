@@ -11,6 +11,7 @@ A *cell* is (model, task, length, method, ratio). Every setting that defines a c
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import re
@@ -103,6 +104,33 @@ class Cell:
     length: int
     method: str
     ratio: str   # canonical text, see fmt_ratio
+
+
+# Files that define what a tokenizer folder produces (AutoTokenizer.from_pretrained), and config.json's model_type,
+# which picks the tokenizer class when tokenizer_config.json names none (Qwen2Tokenizer rebuilds its pre-tokenizer).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "spiece.model",
+                   "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json",
+                   "vocab.json", "vocab.txt", "merges.txt")
+
+
+def tokenizer_fingerprint(folder: Path) -> str | None:
+    """SHA-1 over the tokenizer files of ``folder`` (names and bytes) and config.json's model_type; None when
+    the folder has no tokenizer file yet (e.g. a model the workflow builds itself)."""
+    h = hashlib.sha1()
+    found = False
+    for name in TOKENIZER_FILES:
+        f = folder / name
+        if f.is_file():
+            found = True
+            h.update(name.encode() + b"\0" + f.read_bytes() + b"\0")
+    if not found:
+        return None
+    try:
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type", "")
+    except (OSError, ValueError, AttributeError):
+        model_type = ""
+    h.update(b"model_type\0" + str(model_type).encode())
+    return h.hexdigest()
 
 
 class Study:
@@ -236,15 +264,22 @@ class Study:
                 raise ConfigError(f"{key}.tokenizer: {m['path']!r} has no tokenizer files; set models.{name}.tokenizer")
 
     def _tokenizer_keys(self) -> dict[str, str]:
-        """Tokenizer path -> readable stable key; models sharing a tokenizer path share task data."""
-        paths = sorted({self.tokenizer_path(n) for n in self.models})
+        """Tokenizer path -> readable stable key. Paths whose tokenizers have identical content (see
+        ``tokenizer_fingerprint``: e.g. a model family with a copy of one tokenizer in every folder) get one key,
+        so they share task data; the key names the group's first path in sorted order (``data_tokenizer_path``),
+        with a short hash when two different tokenizers have folders of the same name."""
+        groups: dict[str, list[str]] = {}
+        for p in sorted({self.tokenizer_path(n) for n in self.models}):
+            groups.setdefault(tokenizer_fingerprint(self.workdir / p) or f"path:{p}", []).append(p)
+        self.tokenizer_canonical = {p: ps[0] for ps in groups.values() for p in ps}
+        by_base: dict[str, list[tuple[str, list[str]]]] = {}
+        for fp, ps in groups.items():
+            by_base.setdefault(_slug(Path(ps[0]).name), []).append((fp, ps))
         keys: dict[str, str] = {}
-        by_base: dict[str, list[str]] = {}
-        for p in paths:
-            by_base.setdefault(_slug(Path(p).name), []).append(p)
-        for base, ps in by_base.items():
-            for p in ps:
-                keys[p] = base if len(ps) == 1 else f"{base}-{hashlib.sha1(p.encode()).hexdigest()[:6]}"
+        for base, entries in by_base.items():
+            for fp, ps in entries:
+                key = base if len(entries) == 1 else f"{base}-{hashlib.sha1(ps[0].encode()).hexdigest()[:6]}"
+                keys.update({p: key for p in ps})
         return keys
 
     def _ratios(self) -> dict[str, dict[str, float | tuple[float, float]]]:
@@ -314,6 +349,11 @@ class Study:
     def tokenizer_path(self, model: str) -> str:
         return self._per_model("tokenizer_path", model, lambda m: os.path.normpath(m.get("tokenizer") or m["path"]))
 
+    def data_tokenizer_path(self, model: str) -> str:
+        """The tokenizer path that generates the model's task data: the first (sorted) of the configured paths
+        with the same tokenizer content."""
+        return self.tokenizer_canonical[self.tokenizer_path(model)]
+
     def tokenizer_key(self, model: str) -> str:
         return self._per_model("tokenizer_key", model, lambda m: self.tokenizer_keys[self.tokenizer_path(model)])
 
@@ -372,7 +412,7 @@ class Study:
             "mode": mode,
             "samples": self.cfg["samples"],
             "seed": self.cfg["seed"],
-            "tokenizer": self.tokenizer_path(model),
+            "tokenizer": self.data_tokenizer_path(model),
             "chat_template": bool(self.models[model]["chat_template"]),
         }
 
