@@ -332,3 +332,30 @@ def test_executors_agree_inside_the_model(models):
         for name in ("torch", "ns"):
             assert runs[name].tokens == runs["reference"].tokens
             _close_logits(runs[name].extras["logits"], runs["reference"].extras["logits"], atol=2e-5)
+
+
+@pytest.mark.parametrize("kv_heads,group", [(1, 1), (2, 4), (1, 7)])
+@pytest.mark.parametrize("name", ["vertical_slash", "block_sparse"])
+def test_torch_executor_sparse_prefill_gathers_exactly_the_selection(name, kv_heads, group):
+    """The torch executor's gathered sparse prefill equals masked reference attention, with left padding, an odd
+    length, GQA, and heads that keep nothing in some query blocks (their rows must come out 0)."""
+    from sparse_kernels.hf.executors import TorchExecutor
+    from sparse_kernels.triton.testing import left_pad_mask, qkv
+
+    H, L = kv_heads * group, 203
+    q, k, v = qkv(2, H, kv_heads, L, 16, torch.float32, seed=kv_heads + group)
+    kpm = left_pad_mask(2, L, (0, 37))
+    params = {"vertical_slash": dict(vertical_size=12, slash_size=20, last_q=16, block_size=32),
+              "block_sparse": dict(top_chunks=3, block_size=32)}[name]
+    sel = build_method(name, **params).select(q, k, kpm, 0.25)
+    if name == "block_sparse":           # blank out the second head's query blocks 2..4
+        h = min(1, H - 1)
+        sel.indices[:, h, 2:5] = -1
+        sel.counts[:, h, 2:5] = 0
+    want = reference.prefill_attention(q, k, v, sel, 0.25)
+    got = TorchExecutor().sparse_prefill(q, k, v, sel, 0.25)
+    real = kpm.view(2, 1, -1, 1)
+    torch.testing.assert_close(got * real, want * real, atol=1e-5, rtol=0)
+    if name == "block_sparse":
+        rows = slice(2 * 32, 5 * 32)
+        assert torch.all(got[0, min(1, H - 1), rows] == 0)

@@ -28,7 +28,8 @@ is free of host synchronisation, so it can be captured in a CUDA graph.
   ``scaled_dot_product_attention(is_causal=True)`` one batch row at a time (flash / memory-efficient kernels
   on CUDA, no mask), sparse prefill one kv head and one chunk of query rows at a time (memory
   ``~ max_elements`` scores + an ``[H, chunk, n]`` bool mask), decode through SDPA with a ``[B, H, 1, Lk]``
-  bool mask. Compute is still dense O(L^2) for sparse prefill: it is exact, not fast.
+  bool mask. Sparse prefill scores, per query block and kv head, only the keys some head of the group keeps
+  there (gathered), so its work follows the kept fraction; exact like the reference.
 """
 
 from __future__ import annotations
@@ -146,6 +147,10 @@ class TorchExecutor(Executor):
         return max(block, (c // block) * block)
 
     def sparse_prefill(self, q, k, v, selection, scale):
+        """Per batch row, kv head and query block (the selection's block size): the key positions that any
+        head of the group keeps for any row of the block are gathered, and only those are scored (the block's
+        token mask applied, causal included): work ~ the kept fraction, not n^2 (on 2 CPU cores, 1K-2K tokens,
+        ~25 % kept: several times faster than scoring every key and masking)."""
         if isinstance(selection, VerticalSlashSelection):
             kw = {"granularity": "block"}
             block = selection.block_size
@@ -163,19 +168,24 @@ class TorchExecutor(Executor):
             if n == 0:
                 continue
             chunk = self._chunk(g, H, n, block)
-            kb, vb = k[b, :, o:o + n], v[b, :, o:o + n]
+            kb, vb = k[b, :, o:o + n].float(), v[b, :, o:o + n].float()
             for q0 in range(0, n, chunk):
                 q1 = min(n, q0 + chunk)
                 m = selection.local_mask(b, q0, q1, **kw).to(q.device)  # [H, qc, n]
-                for j in range(G):
-                    qs = q[b, j * g:(j + 1) * g, o + q0:o + q1].float()           # [g, qc, D]
-                    s = torch.matmul(qs, kb[j].float().transpose(0, 1)) * scale   # [g, qc, n]
-                    mj = m[j * g:(j + 1) * g]
-                    s = s.masked_fill(~mj, float("-inf"))
-                    any_kept = mj.any(-1, keepdim=True)
-                    p = torch.softmax(torch.where(any_kept, s, torch.zeros_like(s)), dim=-1)
-                    p = torch.where(mj, p, torch.zeros_like(p))
-                    out[b, j * g:(j + 1) * g, o + q0:o + q1] = torch.matmul(p, vb[j].float()).to(q.dtype)
+                for r0 in range(q0, q1, block):
+                    r1 = min(q1, r0 + block)
+                    mr = m[:, r0 - q0:r1 - q0, :r1]                    # causal: keys < r1 only
+                    for j in range(G):
+                        mj = mr[j * g:(j + 1) * g]                      # [g, rows, r1]
+                        keep = mj.any(1).any(0).nonzero().squeeze(1)
+                        if keep.numel() == 0:
+                            continue                                    # nothing kept: output stays 0
+                        qs = q[b, j * g:(j + 1) * g, o + r0:o + r1].float()
+                        s = torch.matmul(qs, kb[j].index_select(0, keep).transpose(0, 1)) * scale
+                        s.masked_fill_(~mj.index_select(2, keep), float("-inf"))
+                        p = torch.softmax(s, dim=-1).nan_to_num_(0.0)   # a row with no kept key: 0
+                        out[b, j * g:(j + 1) * g, o + r0:o + r1] = torch.matmul(
+                            p, vb[j].index_select(0, keep)).to(q.dtype)
         return out
 
     def decode(self, q, k, v, mask, scale):
