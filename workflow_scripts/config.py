@@ -140,7 +140,7 @@ class Study:
         self._check_top()
         self.models = {name: {**MODEL_DEFAULTS, **entry} for name, entry in self.cfg["models"].items()}
         self._check_models()
-        self.tokenizer_keys = self._tokenizer_keys()
+        self.tokenizer_keys, self.tokenizer_canonical = self._tokenizer_keys()
         self.ratios = self._ratios()
         self.task_versions = {t: load_task_class(t).version for t in self.cfg["tasks"]}
         self.n_shards = math.ceil(self.cfg["samples"] / self.cfg["shard_size"])
@@ -263,15 +263,14 @@ class Study:
                                                 ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
                 raise ConfigError(f"{key}.tokenizer: {m['path']!r} has no tokenizer files; set models.{name}.tokenizer")
 
-    def _tokenizer_keys(self) -> dict[str, str]:
-        """Tokenizer path -> readable stable key. Paths whose tokenizers have identical content (see
+    def _tokenizer_keys(self) -> tuple[dict[str, str], dict[str, str]]:
+        """(tokenizer path -> readable stable key, tokenizer path -> the path that generates its data). Paths whose tokenizers have identical content (see
         ``tokenizer_fingerprint``: e.g. a model family with a copy of one tokenizer in every folder) get one key,
         so they share task data; the key names the group's first path in sorted order (``data_tokenizer_path``),
         with a short hash when two different tokenizers have folders of the same name."""
         groups: dict[str, list[str]] = {}
         for p in sorted({self.tokenizer_path(n) for n in self.models}):
             groups.setdefault(tokenizer_fingerprint(self.workdir / p) or f"path:{p}", []).append(p)
-        self.tokenizer_canonical = {p: ps[0] for ps in groups.values() for p in ps}
         by_base: dict[str, list[tuple[str, list[str]]]] = {}
         for fp, ps in groups.items():
             by_base.setdefault(_slug(Path(ps[0]).name), []).append((fp, ps))
@@ -280,7 +279,7 @@ class Study:
             for fp, ps in entries:
                 key = base if len(entries) == 1 else f"{base}-{hashlib.sha1(ps[0].encode()).hexdigest()[:6]}"
                 keys.update({p: key for p in ps})
-        return keys
+        return keys, {p: ps[0] for ps in groups.values() for p in ps}
 
     def _ratios(self) -> dict[str, dict[str, float | tuple[float, float]]]:
         """method -> {ratio text: ratio} (a (prefill, decode) tuple for combined methods)."""

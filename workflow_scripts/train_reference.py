@@ -242,6 +242,11 @@ def _collate(batch, pad_id: int, context_weight: float, device, width: int | Non
     return ids.to(device, non_blocking=True), w.to(device, non_blocking=True)
 
 
+def batch_shape(t_cfg: dict, L: int, compiled: bool) -> tuple[int, int | None]:
+    """(samples per batch, padded width or None = longest sample) of a length-L batch."""
+    return max(1, t_cfg["tokens_per_batch"] // L), (L + t_cfg["answer_pad"] if compiled else None)
+
+
 def size_config(cfg: dict, size: str) -> tuple[dict, dict]:
     """(architecture, run config) of one size: per-size ``train``/``eval`` entries override the shared ones."""
     entry = dict(cfg["sizes"][size])
@@ -285,8 +290,7 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
     if compiled:
         step_loss = torch.compile(_weighted_loss, mode=t_cfg.get("compile_mode") or None, dynamic=False)
         for L in lengths:
-            k = max(1, t_cfg["tokens_per_batch"] // L)
-            ids = torch.full((k, L + t_cfg["answer_pad"]), tok.pad_token_id, dtype=torch.long, device=device)
+            ids = torch.full(batch_shape(t_cfg, L, True), tok.pad_token_id, dtype=torch.long, device=device)
             w = torch.ones(ids.shape, dtype=torch.float32, device=device)
             for _ in range(3):                # CUDA graphs are recorded on a shape's third call
                 model.zero_grad(set_to_none=True)   # as optimizer_step: graph outputs are not accumulated into
@@ -329,10 +333,9 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
             g["lr"] = lr
         avail = [L for L in lengths if pool.by_len.get(L)]
         L = rng.choices(avail, weights=length_weights(avail, share, t_cfg.get("curriculum", 0.0), frac))[0]
-        k = max(1, t_cfg["tokens_per_batch"] // L)
+        k, width = batch_shape(t_cfg, L, compiled)
         batch = [pool.by_len[L][rng.randrange(len(pool.by_len[L]))] for _ in range(k)]
-        ids, w = _collate(batch, tok.pad_token_id, t_cfg["context_weight"], device,
-                          width=L + t_cfg["answer_pad"] if compiled else None)
+        ids, w = _collate(batch, tok.pad_token_id, t_cfg["context_weight"], device, width=width)
         loss, ce, wt = step_loss(model, ids, w)
         skipped_t += optimizer_step(model, opt, loss)
         seen_tokens += int(ids.numel())

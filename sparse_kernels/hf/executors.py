@@ -26,8 +26,8 @@ is free of host synchronisation, so it can be captured in a CUDA graph.
 
 * :class:`TorchExecutor` — the same mathematics with bounded memory: dense prefill through
   ``scaled_dot_product_attention(is_causal=True)`` one batch row at a time (flash / memory-efficient kernels
-  on CUDA, no mask), sparse prefill one kv head and one chunk of query rows at a time (memory
-  ``~ max_elements`` scores + an ``[H, chunk, n]`` bool mask), decode through SDPA with a ``[B, H, 1, Lk]``
+  on CUDA, no mask), sparse prefill one kv head and one query block at a time (memory: the block's scores
+  over its gathered keys + an ``[H, chunk, n]`` bool mask, chunk bounded by ``max_elements``), decode through SDPA with a ``[B, H, 1, Lk]``
   bool mask. Sparse prefill scores, per query block and kv head, only the keys some head of the group keeps
   there (gathered), so its work follows the kept fraction; exact like the reference.
 """
