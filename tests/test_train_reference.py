@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from workflow_scripts.train_reference import length_weights, optimizer_step
+from workflow_scripts.train_reference import _collate, context_weights, length_weights, optimizer_step
 
 
 def _model_opt():
@@ -46,3 +46,15 @@ def test_length_curriculum_starts_short_and_ends_at_the_shares():
     end = length_weights([1024, 2048, 4096], share, 2.5, 1.0)
     assert end == [0.4, 0.3, 0.3]
     assert start[0] == 0.4 and math.isclose(start[1], 0.3 * math.exp(-2.5)) and math.isclose(start[2], 0.3 * math.exp(-5.0))
+
+
+def test_collate_weights_prompt_tokens_per_task_and_answer_tokens_one():
+    t_cfg = {"context_weight": 0.1, "context_weight_by_task": {"story_retrieval": 0.5}}
+    batch = [{"task": "story_retrieval", "ids": torch.arange(1, 7), "prompt_len": 4},
+             {"task": "ruler_niah", "ids": torch.arange(1, 5), "prompt_len": 2}]
+    ids, w = _collate(batch, 0, context_weights(t_cfg), torch.device("cpu"), width=8)
+    assert ids.tolist() == [[1, 2, 3, 4, 5, 6, 0, 0], [1, 2, 3, 4, 0, 0, 0, 0]]
+    # position 0 is never predicted; prompt tokens 1..p-1 get the task's weight, answer tokens 1, padding 0
+    assert torch.allclose(w[0], torch.tensor([0, .5, .5, .5, 1, 1, 0, 0]))
+    assert torch.allclose(w[1], torch.tensor([0, .1, 1, 1, 0, 0, 0, 0]))
+    assert context_weights({"context_weight": 0.2}) == {"default": 0.2}

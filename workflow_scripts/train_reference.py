@@ -224,8 +224,21 @@ def new_model(arch: dict, t_cfg: dict, vocab_size: int, **token_ids):
     return Qwen2ForCausalLM._from_config(mcfg, attn_implementation="sdpa")
 
 
-def _collate(batch, pad_id: int, context_weight: float, device, width: int | None = None):
-    """Right-padded ids and per-token loss weights; ``width`` fixes the padded width (longer samples are cut)."""
+def context_weights(t_cfg: dict) -> dict:
+    """Loss weight of prompt tokens per task: ``context_weight`` (default) updated by ``context_weight_by_task``."""
+    return {"default": float(t_cfg["context_weight"]),
+            **{k: float(v) for k, v in (t_cfg.get("context_weight_by_task") or {}).items()}}
+
+
+def _by_task(t_cfg: dict) -> str:
+    """Model-card suffix naming the per-task prompt-token weights, if any."""
+    by_task = t_cfg.get("context_weight_by_task") or {}
+    return f" ({', '.join(f'{k} {v:g}' for k, v in by_task.items())})" if by_task else ""
+
+
+def _collate(batch, pad_id: int, context_weight: dict, device, width: int | None = None):
+    """Right-padded ids and per-token loss weights; ``width`` fixes the padded width (longer samples are cut).
+    ``context_weight``: prompt-token weight per task (``context_weights``)."""
     import torch
 
     width = width or max(len(s["ids"]) for s in batch)
@@ -235,7 +248,7 @@ def _collate(batch, pad_id: int, context_weight: float, device, width: int | Non
         n, p = min(len(s["ids"]), width), min(s["prompt_len"], width)
         ids[i, :n] = s["ids"][:n]
         # weight of predicting token t (position t-1 predicts it): context tokens light, answer tokens 1
-        w[i, 1:p] = context_weight
+        w[i, 1:p] = context_weight.get(s["task"], context_weight["default"])
         w[i, p:n] = 1.0
     if device.type == "cuda":   # pinned: a copy from pageable memory would wait for the GPU (no overlap)
         ids, w = ids.pin_memory(), w.pin_memory()
@@ -304,6 +317,7 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
     rng = random.Random(cfg["seed"])
     log, probe_log, step, seen_tokens = [], [], 0, 0
     skipped_t = torch.zeros((), device=device)
+    ctx_w = context_weights(t_cfg)
     t1 = time.time()
     train_budget = max(1.0, budget - (t1 - t0))     # the lr schedule and the curriculum follow this part
     next_probe = (t_cfg.get("probe_seconds", 0) if probes else 0) or float("inf")
@@ -335,7 +349,7 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
         L = rng.choices(avail, weights=length_weights(avail, share, t_cfg.get("curriculum", 0.0), frac))[0]
         k, width = batch_shape(t_cfg, L, compiled)
         batch = [pool.by_len[L][rng.randrange(len(pool.by_len[L]))] for _ in range(k)]
-        ids, w = _collate(batch, tok.pad_token_id, t_cfg["context_weight"], device, width=width)
+        ids, w = _collate(batch, tok.pad_token_id, ctx_w, device, width=width)
         loss, ce, wt = step_loss(model, ids, w)
         skipped_t += optimizer_step(model, opt, loss)
         seen_tokens += int(ids.numel())
@@ -516,7 +530,7 @@ It only knows the project's synthetic and story tasks in the **direct-answer** p
 | vocabulary | {cfg['tokenizer']['vocab_size']} BPE tokens (trained on the task generators' text), ChatML chat template |
 | RoPE base / max positions | {t_cfg['rope_theta']:g} / {t_cfg['max_position_embeddings']} |
 | training data | {', '.join(f"{t} ({d.get('task_weights', {}).get(t, 1.0):g})" for t in d['tasks'])} (task weights) at lengths {', '.join(f"{L} ({d['length_share'][L]:g})" for L in d['lengths'])} (token shares), generated while training ({stream_samples:,} fresh samples read), seeds offset by {d['seed_offset']:,} (disjoint from evaluation) |
-| objective | next-token loss, weight 1 on answer tokens and {t_cfg['context_weight']} on prompt tokens |
+| objective | next-token loss, weight 1 on answer tokens and {t_cfg['context_weight']} on prompt tokens{_by_task(t_cfg)} |
 | training | {steps} steps of {t_cfg['tokens_per_batch']} tokens, {tokens / 1e6:.0f}M tokens (padded), {seconds / 60:.1f} min on one H100, AdamW lr {t_cfg['lr']:g} (warm-up {t_cfg['warmup_steps']} steps, cosine on elapsed time), length curriculum {t_cfg.get('curriculum', 0):g} |
 | loss (weighted / answer-only) | start {first['loss']:.3f} / {first['answer_loss']:.3f}, middle {mid['loss']:.3f} / {mid['answer_loss']:.3f}, end {last['loss']:.3f} / {last['answer_loss']:.3f} |
 | retrieval probes during training | {probes} |
