@@ -323,6 +323,17 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
     next_probe = (t_cfg.get("probe_seconds", 0) if probes else 0) or float("inf")
     model.train()
 
+    best = {"score": -1.0}                   # keep_best: the weights of the best probe mean so far
+
+    def take_probe(elapsed: float) -> None:
+        result = _probe(model, tok, probes, run["eval"])
+        probe_log.append({"seconds": round(elapsed, 1), "step": step, **result})
+        print(f"[{size}] probe t={elapsed:.0f}s {probe_log[-1]}", flush=True)
+        score = sum(result.values()) / len(result)
+        if t_cfg.get("keep_best") and score >= best["score"]:
+            best.update(score=score, step=step, seconds=round(elapsed, 1),
+                        state={k: v.detach().clone() for k, v in model.state_dict().items()})
+
     def check_skipped() -> int:
         skipped = int(skipped_t.item())
         if skipped > t_cfg.get("max_skipped_steps", 200):
@@ -337,8 +348,7 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
         if step % 20 == 0:
             pool.refresh()
         if elapsed >= next_probe:
-            probe_log.append({"seconds": round(elapsed, 1), "step": step, **_probe(model, tok, probes, run["eval"])})
-            print(f"[{size}] probe t={elapsed:.0f}s {probe_log[-1]}", flush=True)
+            take_probe(elapsed)
             next_probe += t_cfg["probe_seconds"]
             model.train()
         lr = t_cfg["lr"] * min(1.0, (step + 1) / t_cfg["warmup_steps"]) * (
@@ -365,12 +375,19 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
         step += 1
     skipped = check_skipped()
     train_s = time.time() - t0
+    selected = None
+    if t_cfg.get("keep_best") and probes:
+        take_probe(time.time() - t1)         # the final weights compete too
+        if best["step"] != step:
+            model.load_state_dict(best["state"])
+        selected = {k: best[k] for k in ("step", "seconds", "score")}
+        print(f"[{size}] kept the weights of step {best['step']} (probe mean {best['score']:.3f})", flush=True)
     model.eval()
     save_weights(model, tok, out_dir)        # before evaluation: a cut-off run still leaves the weights
     write_log(out_dir, {"size": size, "n_params": n_params, "steps": step, "skipped_steps": skipped,
                         "tokens": seen_tokens, "compile_seconds": round(warmup_s, 1),
                         "seconds": train_s, "stream_samples": pool.loaded, "config": cfg, "log": log,
-                        "probes": probe_log})
+                        "probes": probe_log, "selected": selected})
     if run["eval"].get("after_training", True):
         evaluate_size(cfg, work, size, model, tok)
 
@@ -408,8 +425,13 @@ def write_card(out_dir: Path, size: str, record: dict) -> None:
         tmp.write_text(model_card(size, recipe, record))
 
 
+# Probe (validation) samples: seeds 5,000,043 + i, disjoint from the evaluation (43 + i, i < 10^6) and from
+# training (seed_offset 10^7 up), so that choosing the weights by the probes (train.keep_best) never sees a test sample.
+PROBE_SEED = 5_000_043
+
+
 def _probe_set(cfg: dict, tok) -> dict:
-    """A few fixed evaluation prompts (evaluation seeds) to follow retrieval accuracy during training."""
+    """A few fixed validation prompts (``PROBE_SEED``) to follow retrieval accuracy during training."""
     from .tasks import load_task_class
     from .tasks.base import Renderer
 
@@ -417,7 +439,7 @@ def _probe_set(cfg: dict, tok) -> dict:
     for spec in cfg["train"].get("probes", []):
         task, length = spec.split("@")
         cls = load_task_class(task)
-        t = cls(Renderer(tok), int(length), "direct", seed=43, **cfg.get("task_params", {}).get(task, {}))
+        t = cls(Renderer(tok), int(length), "direct", seed=PROBE_SEED, **cfg.get("task_params", {}).get(task, {}))
         out[spec] = (cls, [t.build(i) for i in range(cfg["train"].get("probe_samples", 8))])
     return out
 
@@ -515,6 +537,10 @@ def model_card(size: str, cfg: dict, record: dict) -> str:
     probes = "; ".join(f"{p['seconds'] / 60:.1f} min: " + ", ".join(f"{k} {v:.2f}" for k, v in p.items()
                                                                        if k not in ("seconds", "step"))
                        for p in probe_log) or "none"
+    sel = record.get("selected")
+    if sel:
+        probes += (f" (validation seeds); **weights kept: step {sel['step']}** at {sel['seconds'] / 60:.1f} min, "
+                   f"the best probe mean ({sel['score']:.2f}; `train.keep_best`)")
     d = cfg["data"]
     return f"""# {size} — sparse-frontier reference model
 
