@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from workflow_scripts.train_reference import _collate, context_weights, length_weights, optimizer_step
+from workflow_scripts.train_reference import BestWeights, _collate, context_weights, length_weights, optimizer_step
 
 
 def _model_opt():
@@ -58,3 +58,17 @@ def test_collate_weights_prompt_tokens_per_task_and_answer_tokens_one():
     assert torch.allclose(w[0], torch.tensor([0, .5, .5, .5, 1, 1, 0, 0]))
     assert torch.allclose(w[1], torch.tensor([0, .1, 1, 1, 0, 0, 0, 0]))
     assert context_weights({"context_weight": 0.2}) == {"default": 0.2}
+
+
+def test_best_weights_restores_the_best_probe_and_prefers_the_later_of_equal_scores():
+    model, _ = _model_opt()
+    best = BestWeights()
+    snapshots = {}
+    for step, score in [(10, 0.5), (20, 0.9), (30, 0.4), (40, 0.9), (50, 0.7)]:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)                  # different weights at every probe
+        snapshots[step] = [p.detach().clone() for p in model.parameters()]
+        best.offer(model, score, step, float(step))
+    assert best.restore(model) == {"step": 40, "seconds": 40.0, "score": 0.9}
+    assert all(torch.equal(p.detach(), s) for p, s in zip(model.parameters(), snapshots[40]))

@@ -224,13 +224,30 @@ def new_model(arch: dict, t_cfg: dict, vocab_size: int, **token_ids):
     return Qwen2ForCausalLM._from_config(mcfg, attn_implementation="sdpa")
 
 
+class BestWeights:
+    """``train.keep_best``: a copy of the weights with the best probe score offered so far (ties: the later)."""
+
+    def __init__(self):
+        self.score, self.step, self.seconds, self.state = -math.inf, None, None, None
+
+    def offer(self, model, score: float, step: int, seconds: float) -> None:
+        if score >= self.score:
+            self.score, self.step, self.seconds = score, step, seconds
+            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def restore(self, model) -> dict:
+        """Load the kept weights into ``model``; returns {step, seconds, score} of them."""
+        model.load_state_dict(self.state)
+        return {"step": self.step, "seconds": self.seconds, "score": self.score}
+
+
 def context_weights(t_cfg: dict) -> dict:
     """Loss weight of prompt tokens per task: ``context_weight`` (default) updated by ``context_weight_by_task``."""
     return {"default": float(t_cfg["context_weight"]),
             **{k: float(v) for k, v in (t_cfg.get("context_weight_by_task") or {}).items()}}
 
 
-def _by_task(t_cfg: dict) -> str:
+def _context_weight_note(t_cfg: dict) -> str:
     """Model-card suffix naming the per-task prompt-token weights, if any."""
     by_task = t_cfg.get("context_weight_by_task") or {}
     return f" ({', '.join(f'{k} {v:g}' for k, v in by_task.items())})" if by_task else ""
@@ -323,16 +340,14 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
     next_probe = (t_cfg.get("probe_seconds", 0) if probes else 0) or float("inf")
     model.train()
 
-    best = {"score": -1.0}                   # keep_best: the weights of the best probe mean so far
+    best = BestWeights() if t_cfg.get("keep_best") else None
 
     def take_probe(elapsed: float) -> None:
         result = _probe(model, tok, probes, run["eval"])
         probe_log.append({"seconds": round(elapsed, 1), "step": step, **result})
         print(f"[{size}] probe t={elapsed:.0f}s {probe_log[-1]}", flush=True)
-        score = sum(result.values()) / len(result)
-        if t_cfg.get("keep_best") and score >= best["score"]:
-            best.update(score=score, step=step, seconds=round(elapsed, 1),
-                        state={k: v.detach().clone() for k, v in model.state_dict().items()})
+        if best is not None:
+            best.offer(model, sum(result.values()) / len(result), step, round(elapsed, 1))
 
     def check_skipped() -> int:
         skipped = int(skipped_t.item())
@@ -376,12 +391,11 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
     skipped = check_skipped()
     train_s = time.time() - t0
     selected = None
-    if t_cfg.get("keep_best") and probes:
+    if best is not None and probes:
         take_probe(time.time() - t1)         # the final weights compete too
-        if best["step"] != step:
-            model.load_state_dict(best["state"])
-        selected = {k: best[k] for k in ("step", "seconds", "score")}
-        print(f"[{size}] kept the weights of step {best['step']} (probe mean {best['score']:.3f})", flush=True)
+        selected = best.restore(model)
+        print(f"[{size}] kept the weights of step {selected['step']} (probe mean {selected['score']:.3f})",
+              flush=True)
     model.eval()
     save_weights(model, tok, out_dir)        # before evaluation: a cut-off run still leaves the weights
     write_log(out_dir, {"size": size, "n_params": n_params, "steps": step, "skipped_steps": skipped,
@@ -556,7 +570,7 @@ It only knows the project's synthetic and story tasks in the **direct-answer** p
 | vocabulary | {cfg['tokenizer']['vocab_size']} BPE tokens (trained on the task generators' text), ChatML chat template |
 | RoPE base / max positions | {t_cfg['rope_theta']:g} / {t_cfg['max_position_embeddings']} |
 | training data | {', '.join(f"{t} ({d.get('task_weights', {}).get(t, 1.0):g})" for t in d['tasks'])} (task weights) at lengths {', '.join(f"{L} ({d['length_share'][L]:g})" for L in d['lengths'])} (token shares), generated while training ({stream_samples:,} fresh samples read), seeds offset by {d['seed_offset']:,} (disjoint from evaluation) |
-| objective | next-token loss, weight 1 on answer tokens and {t_cfg['context_weight']} on prompt tokens{_by_task(t_cfg)} |
+| objective | next-token loss, weight 1 on answer tokens and {t_cfg['context_weight']} on prompt tokens{_context_weight_note(t_cfg)} |
 | training | {steps} steps of {t_cfg['tokens_per_batch']} tokens, {tokens / 1e6:.0f}M tokens (padded), {seconds / 60:.1f} min on one H100, AdamW lr {t_cfg['lr']:g} (warm-up {t_cfg['warmup_steps']} steps, cosine on elapsed time), length curriculum {t_cfg.get('curriculum', 0):g} |
 | loss (weighted / answer-only) | start {first['loss']:.3f} / {first['answer_loss']:.3f}, middle {mid['loss']:.3f} / {mid['answer_loss']:.3f}, end {last['loss']:.3f} / {last['answer_loss']:.3f} |
 | retrieval probes during training | {probes} |
