@@ -77,10 +77,15 @@ def _chunk_plan(cfg: dict) -> tuple[list[tuple[str, int]], list[float]]:
     return pairs, weights
 
 
+def eval_task_params(cfg: dict, task: str) -> dict:
+    """A task's generator parameters for the evaluation and the probes: ``task_params``."""
+    return dict(cfg.get("task_params", {}).get(task, {}))
+
+
 def train_task_params(cfg: dict, task: str) -> dict:
-    """A task's generator parameters for training data: ``task_params`` (shared with the evaluation) updated
-    by ``data.task_params`` (training only, e.g. story_retrieval's kind_weights)."""
-    return {**cfg.get("task_params", {}).get(task, {}), **cfg["data"].get("task_params", {}).get(task, {})}
+    """A task's generator parameters for training data: ``eval_task_params`` updated by ``data.task_params``
+    (training only, e.g. story_retrieval's kind_weights)."""
+    return {**eval_task_params(cfg, task), **cfg["data"].get("task_params", {}).get(task, {})}
 
 
 def _generator(cfg: dict, work: Path, stream: Path, worker: int, n_workers: int) -> None:
@@ -439,8 +444,10 @@ def write_card(out_dir: Path, size: str, record: dict) -> None:
         tmp.write_text(model_card(size, recipe, record))
 
 
-# Probe (validation) samples: seeds 5,000,043 + i, disjoint from the evaluation (43 + i, i < 10^6) and from
-# training (seed_offset 10^7 up), so that choosing the weights by the probes (train.keep_best) never sees a test sample.
+# Evaluation samples: seeds 43 + i (the paper's Random(43 + i)). Probe (validation) samples: seeds 5,000,043 + i,
+# disjoint from the evaluation (i < 10^6) and from training (seed_offset 10^7 up), so that choosing the weights by
+# the probes (train.keep_best) never sees a test sample.
+EVAL_SEED = 43
 PROBE_SEED = 5_000_043
 
 
@@ -453,7 +460,7 @@ def _probe_set(cfg: dict, tok) -> dict:
     for spec in cfg["train"].get("probes", []):
         task, length = spec.split("@")
         cls = load_task_class(task)
-        t = cls(Renderer(tok), int(length), "direct", seed=PROBE_SEED, **cfg.get("task_params", {}).get(task, {}))
+        t = cls(Renderer(tok), int(length), "direct", seed=PROBE_SEED, **eval_task_params(cfg, task))
         out[spec] = (cls, [t.build(i) for i in range(cfg["train"].get("probe_samples", 8))])
     return out
 
@@ -494,7 +501,7 @@ def evaluate(cfg: dict, e: dict, model, tok) -> list[dict]:
     for task in e.get("tasks", cfg["data"]["tasks"]):
         cls = load_task_class(task)
         for length in e["lengths"]:
-            t = cls(Renderer(tok), length, "direct", seed=43, **cfg.get("task_params", {}).get(task, {}))
+            t = cls(Renderer(tok), length, "direct", seed=EVAL_SEED, **eval_task_params(cfg, task))
             try:
                 samples = [t.build(i) for i in range(e["samples"])]
             except LengthError as err:
