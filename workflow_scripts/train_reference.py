@@ -403,7 +403,8 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
               flush=True)
     model.eval()
     save_weights(model, tok, out_dir)        # before evaluation: a cut-off run still leaves the weights
-    write_log(out_dir, {"size": size, "n_params": n_params, "steps": step, "skipped_steps": skipped,
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    write_log(out_dir, {"size": size, "n_params": n_params, "gpu": gpu, "steps": step, "skipped_steps": skipped,
                         "tokens": seen_tokens, "compile_seconds": round(warmup_s, 1),
                         "seconds": train_s, "stream_samples": pool.loaded, "config": cfg, "log": log,
                         "probes": probe_log, "selected": selected})
@@ -578,7 +579,7 @@ It only knows the project's synthetic and story tasks in the **direct-answer** p
 | RoPE base / max positions | {t_cfg['rope_theta']:g} / {t_cfg['max_position_embeddings']} |
 | training data | {', '.join(f"{t} ({d.get('task_weights', {}).get(t, 1.0):g})" for t in d['tasks'])} (task weights) at lengths {', '.join(f"{L} ({d['length_share'][L]:g})" for L in d['lengths'])} (token shares), generated while training ({stream_samples:,} fresh samples read), seeds offset by {d['seed_offset']:,} (disjoint from evaluation) |
 | objective | next-token loss, weight 1 on answer tokens and {t_cfg['context_weight']} on prompt tokens{_context_weight_note(t_cfg)} |
-| training | {steps} steps of {t_cfg['tokens_per_batch']} tokens, {tokens / 1e6:.0f}M tokens (padded), {seconds / 60:.1f} min on one H100, AdamW lr {t_cfg['lr']:g} (warm-up {t_cfg['warmup_steps']} steps, cosine on elapsed time), length curriculum {t_cfg.get('curriculum', 0):g} |
+| training | {steps} steps of {t_cfg['tokens_per_batch']} tokens, {tokens / 1e6:.0f}M tokens (padded), {seconds / 60:.1f} min on one {record.get('gpu', 'NVIDIA H100')} (compilation included), AdamW lr {t_cfg['lr']:g} (warm-up {t_cfg['warmup_steps']} steps, cosine on elapsed time), length curriculum {t_cfg.get('curriculum', 0):g} |
 | loss (weighted / answer-only) | start {first['loss']:.3f} / {first['answer_loss']:.3f}, middle {mid['loss']:.3f} / {mid['answer_loss']:.3f}, end {last['loss']:.3f} / {last['answer_loss']:.3f} |
 | retrieval probes during training | {probes} |
 | weights | bf16 safetensors, shards ≤ 15 MB |
