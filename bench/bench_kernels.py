@@ -26,8 +26,8 @@ Sections (``--sections``, comma separated; default all, in this order):
   block-granular 10 % density): GPU index build + attention vs cuDNN dense; plus the torch estimation step
   (window softmax, vertical / slash scores, top-k) for reference. Target: >= 4x faster than cuDNN at 128K.
 * ``quest``  — one decode step at a 1/10 token budget: Quest attention (per-q-head pages merged per GQA
-  group, and shared pages), page bounds + top-k selection + attention, vs dense decode (our split-K kernel
-  and SDPA backends). Target: attention >= 5x faster than dense decode at 128K.
+  group, and shared pages), the selection alone (page bounds + fused top-k), and bounds + top-k + attention,
+  vs dense decode (our split-K kernel and SDPA backends). Target: attention >= 5x faster than dense decode at 128K.
 * ``bsparse`` — the paper's Block-Sparse layout (16-token blocks, top-k at 10x, random choice = worst case for
   tiling): conversion to kernel tiles + attention for several kernel tiles; flex with 64x64 blocks and a
   16-granular mask_mod (the same mask) where time allows.
@@ -607,6 +607,8 @@ def section_quest(res, args, dl):
                                                  for c, s in zip(caches, sels)])
             row[f"{tag}_bounds_us"] = bench_graph([lambda c=c, st=st: page_bounds(st.page_min, st.page_max, c[0], share)
                                                    for c, st in zip(caches, states)])
+            row[f"{tag}_select_us"] = bench_graph([lambda c=c, st=st, quest=quest: quest_select(quest, st, c[0])
+                                                   for c, st in zip(caches, states)])
             row[f"{tag}_step_us"] = bench_graph([
                 lambda c=c, st=st, quest=quest: quest_attention(c[0], c[1], c[2], quest_select(quest, st, c[0]),
                                                                 **best_cfg)
@@ -795,6 +797,7 @@ def markdown(res):
                                        ("per-head attn us", "perhead_attn_us", 1),
                                        ("x dense", "perhead_attn_speedup_vs_dense", 2),
                                        ("per-head step us", "perhead_step_us", 1),
+                                       ("shared select us", "shared_select_us", 1),
                                        ("shared attn us", "shared_attn_us", 1),
                                        ("x dense (>=5 at 128K)", "shared_attn_speedup_vs_dense", 2),
                                        ("shared step us", "shared_step_us", 1),

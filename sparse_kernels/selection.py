@@ -541,7 +541,8 @@ class QuestSelection:
         real = (pos >= 0) & (pos < self.seq_lens.view(-1, 1))
         npages = max(int((self.seq_lens.max() + self.page_size - 1) // self.page_size) if B else 0, 1)
         pm = torch.zeros(B, H, npages + 1, dtype=torch.bool, device=dev)
-        pm.scatter_(2, torch.where(self.pages < 0, torch.full_like(self.pages, npages), self.pages), True)
+        pg = self.pages.long()  # any integer dtype (the Triton selection writes int32)
+        pm.scatter_(2, torch.where(pg < 0, torch.full_like(pg, npages), pg), True)
         page_of = (pos.clamp(min=0) // self.page_size).clamp(max=npages)  # [B, L]
         sel = pm.gather(2, page_of.unsqueeze(1).expand(B, H, L))
         return sel & real.unsqueeze(1)

@@ -299,6 +299,11 @@ def test_page_list_with_holes_and_bounds_limit():
     assert r1[:2] == [0, 1] and r1[2] > 1
     sel = static_quest_pages(cand, 2, torch.tensor([1, 2]), 2)
     assert sel.shape == (2, 2, 3) and sorted(sel[0, 1].tolist()) == [-1, 0, 4]
+    # the fused Triton top-k (accelerated Quest) makes the same choice, ascending
+    sel = static_quest_pages(cand, 2, None, 1, fused=True)
+    assert sel[0, 0].tolist() == [0, 2, 4] and sel[1, 0].tolist()[:2] == [0, 1] and sel[1, 0, 2] > 1
+    sel = static_quest_pages(cand, 2, torch.tensor([1, 2]), 2, fused=True)
+    assert sel.shape == (2, 2, 3) and sel[0, 1].tolist() == [0, 4, -1] and sel[1, 0].tolist()[:2] == [0, 1]
 
 
 # ------------------------------------------------------------------------------------------ the e2e bench

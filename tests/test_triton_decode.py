@@ -14,7 +14,7 @@ from sparse_kernels import reference  # noqa: E402
 from sparse_kernels.methods import AdaSnapKV, Quest, SnapKV  # noqa: E402
 from sparse_kernels.selection import KVSelection, padding_info  # noqa: E402
 from sparse_kernels.triton import executors as tx  # noqa: E402
-from sparse_kernels.triton.quest import group_union, page_bounds, quest_select  # noqa: E402
+from sparse_kernels.triton.quest import group_union, page_bounds, quest_select, topk_pages  # noqa: E402
 from sparse_kernels.triton.testing import check, left_pad_mask, qkv  # noqa: E402
 
 FP32, FP16 = torch.float32, torch.float16
@@ -68,6 +68,46 @@ def test_group_union_bits():
     assert uc.tolist() == [[4, 4]]
     assert up[0, 0, :4].tolist() == [0, 3, 4, 5] and ub[0, 0, :4].tolist() == [1, 3, 2, 1]
     assert up[0, 1, :4].tolist() == [1, 2, 5, 7] and ub[0, 1, :4].tolist() == [1, 1, 1, 3]
+
+
+
+def _topk_pages_reference(x, k, k_row=None, limit=None, drop_neg_inf=False, width=None):
+    """Plain Python: per row the k (or k_row[b]) largest entries, ties to the lower page, ascending, -1 after."""
+    B, S, P = x.shape
+    width = k if width is None else width
+    out = torch.full((B, S, width), -1, dtype=torch.int32)
+    cnt = torch.zeros(B, S, dtype=torch.int32)
+    for b in range(B):
+        kb = k if k_row is None else max(0, min(int(k_row[b]), k))
+        for s_ in range(S):
+            vals = [float(x[b, s_, i]) if limit is None or i < int(limit[b]) else float("-inf") for i in range(P)]
+            best = sorted(range(P), key=lambda i: (-vals[i], i))[:kb]
+            if drop_neg_inf:
+                best = [i for i in best if vals[i] > float("-inf")]
+            best.sort()
+            out[b, s_, :len(best)] = torch.tensor(best, dtype=torch.int32)
+            cnt[b, s_] = len(best)
+    return out, cnt
+
+
+@pytest.mark.parametrize("block", [16, 256])
+def test_topk_pages_matches_a_plain_sort(block):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 53, generator=g) * 100
+    x[0, 0, 40:] = float("-inf")                                           # empty pages
+    x[0, 1, 5] = float("inf")                                              # the current page of a static decode
+    x[1, 1] = torch.randint(0, 4, (53,), generator=g).float()              # ties at the threshold
+    x[1, 2] = -torch.rand(53, generator=g)                                 # all negative
+    x[1, 0, ::2] = 0.0
+    x[1, 0, 1::4] = -0.0                                                   # both zeros
+    cases = [dict(k=0), dict(k=1), dict(k=9), dict(k=53), dict(k=20, width=25),
+             dict(k=12, k_row=torch.tensor([3, 40])), dict(k=15, limit=torch.tensor([30, 7]), drop_neg_inf=True),
+             dict(k=15, k_row=torch.tensor([15, 0]), limit=torch.tensor([53, 60]), drop_neg_inf=True, width=16)]
+    for c in cases:
+        got, cnt = topk_pages(x, block=block, **c)
+        want, wcnt = _topk_pages_reference(x, **c)
+        assert torch.equal(cnt, wcnt), c
+        assert torch.equal(got, want), c
 
 
 # (method class, B, H, G, L, D, Lq, left pads, dtype)

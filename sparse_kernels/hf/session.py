@@ -130,7 +130,8 @@ class StaticQuestSelection(QuestSelection):
         pos = torch.arange(L, device=dev).view(1, -1) - self.pad_offsets.view(-1, 1)
         real = (pos >= 0) & (pos < self.seq_lens.view(-1, 1))
         pm = torch.zeros(B, H, NP + 1, dtype=torch.bool, device=dev)
-        pm.scatter_(2, torch.where(self.pages < 0, torch.full_like(self.pages, NP), self.pages.clamp(max=NP)), True)
+        pg = self.pages.long()
+        pm.scatter_(2, torch.where(pg < 0, torch.full_like(pg, NP), pg.clamp(max=NP)), True)
         page_of = (pos.clamp(min=0) // self.page_size).clamp(max=NP)
         return pm.gather(2, page_of.unsqueeze(1).expand(B, H, L)) & real.unsqueeze(1)
 
@@ -181,7 +182,7 @@ class _StaticDecode:
     num_pages: int = 1
     kmax: int = 0
     n_hist: torch.Tensor | None = None
-    gpu_bounds: bool = False
+    gpu_select: bool = False   # Triton page bounds and top-k (the accelerated Quest)
 
 
 def limit_candidates(bounds: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
@@ -193,17 +194,23 @@ def limit_candidates(bounds: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
     return torch.where(pid < c, bounds, torch.where(pid == c, float("inf"), float("-inf")))
 
 
-def static_quest_pages(cand: torch.Tensor, kmax: int, n_eff: torch.Tensor | None, groups: int) -> torch.Tensor:
+def static_quest_pages(cand: torch.Tensor, kmax: int, n_eff: torch.Tensor | None, groups: int,
+                       fused: bool = False) -> torch.Tensor:
     """Graph-safe Quest choice from the candidates of :func:`limit_candidates` ([B, S, P]; S = H, or Hkv for
     pages shared per GQA group, then ``groups`` = H / Hkv repeats each list for its heads): the ``kmax + 1``
     largest, i.e. the current page plus the ``kmax`` complete earlier pages with the largest bounds. Where a
     row has fewer earlier pages, the rest of its list are later pages, which hold no token yet and are never
     attended (every consumer bounds pages by ``seq_lens``). ``n_eff`` [B] (device; only when rows have
-    different budgets): row b keeps the first ``n_eff[b] + 1`` of the sorted list, ``-1`` after them.
-    Returns [B, H, kmax + 1] page ids, unsorted: no host sync, no data-dependent shape."""
+    different budgets): row b keeps its ``n_eff[b] + 1`` largest, ``-1`` after them. ``fused``: one Triton
+    kernel (:func:`sparse_kernels.triton.quest.topk_pages`, int32, ascending) instead of ``torch.topk``.
+    Returns [B, H, kmax + 1] page ids in no particular order: no host sync, no data-dependent shape."""
     B, S, P = cand.shape
     k = min(int(kmax) + 1, P)
-    if n_eff is None:
+    if fused:
+        from ..triton.quest import topk_pages
+
+        pages = topk_pages(cand, k, None if n_eff is None else n_eff + 1)[0]
+    elif n_eff is None:
         pages = torch.topk(cand, k, dim=-1, sorted=False).indices
     else:
         pages = torch.topk(cand, k, dim=-1, sorted=True).indices
@@ -437,9 +444,9 @@ class SparseSession:
             uniform = bool((n_eff == st.kmax).all())
             try:
                 from ..triton.methods import QuestGPU
-                st.gpu_bounds = isinstance(dm, QuestGPU)
+                st.gpu_select = isinstance(dm, QuestGPU)
             except ImportError:  # pragma: no cover
-                st.gpu_bounds = False
+                st.gpu_select = False
         for dev, dev_layers in by_dev.items():
             bases = [self.caches[layer].length for layer in dev_layers]
             slots = torch.tensor(bases, dtype=torch.long, device=dev)
@@ -545,14 +552,14 @@ class SparseSession:
         sl.pmax.scatter_reduce_(2, idx, kf, reduce="amax")
         shared = bool(dm.share_pages)
         groups = q.shape[1] // G if shared else 1
-        if st.gpu_bounds:
+        if st.gpu_select:
             from ..triton.quest import page_bounds
 
             cand = page_bounds(sl.pmin, sl.pmax, q, shared, limit=dc.qpage, group_rows=shared)
         else:
             bounds = dm.page_bounds(SimpleNamespace(page_min=sl.pmin, page_max=sl.pmax), q)
             cand = limit_candidates(bounds[:, ::groups] if shared else bounds, dc.qpage)
-        pages = static_quest_pages(cand, st.kmax, dc.n_eff, groups)
+        pages = static_quest_pages(cand, st.kmax, dc.n_eff, groups, fused=st.gpu_select)
         sel = StaticQuestSelection(page_size=st.page_size, pages=pages, counts=dc.counts, seq_lens=dc.qlen,
                                    pad_offsets=dc.pad_offsets, length=K.shape[2], paper_sparsity=None,
                                    shared=shared, num_pages=st.num_pages)

@@ -4,8 +4,10 @@
   ``sum_d max(q_d min_d, q_d max_d)`` for every q head of the group as two tensor-core products,
   ``q+ . max + q- . min`` (q+ = max(q, 0), q- = min(q, 0); equal term by term), optionally summed over the
   group (``share_pages``). Empty pages get -inf.
+* :func:`topk_pages` — the k largest entries of each row as ascending page ids, in one kernel (radix select
+  over the bounds' bits, then an ordered compaction): replaces ``torch.topk`` + sort + bookkeeping.
 * :func:`quest_select` — the same choice as :meth:`sparse_kernels.methods.Quest.select` (top T/p complete
-  earlier pages + the page of the newest token) with ``torch.topk`` on static shapes: no host sync.
+  earlier pages + the page of the newest token) with :func:`topk_pages`: no host sync.
 * :func:`quest_attention` — decode attention over a :class:`~sparse_kernels.selection.QuestSelection`.
   Shared selections read one page list per GQA group; per-q-head selections are merged per group into the
   union of pages plus a bitmap of the heads that chose each page, so a page is read once per group.
@@ -87,6 +89,109 @@ def _page_bounds_kernel(Q, PMIN, PMAX, OUT, LIMIT,
                  mask=r_ok[:, None] & p_ok[None, :])
 
 
+@triton.jit
+def _sortable_key(x):
+    """fp32 -> int32 whose signed order is the float order (-inf lowest, +inf highest, -0 = +0; no NaN)."""
+    bits = tl.where(x == 0.0, 0.0, x).to(tl.int32, bitcast=True)
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+@triton.jit
+def _topk_pages_kernel(X, KROW, LIMIT, OUT, CNT,
+                       stride_xb, stride_xs, stride_xp, stride_ob, stride_os, stride_op,
+                       S, P, K, W,
+                       BLOCK: tl.constexpr, HAS_KROW: tl.constexpr, HAS_LIMIT: tl.constexpr,
+                       DROP_NEG_INF: tl.constexpr):
+    # One program per (batch row, list): radix select of the k-th largest key (4 passes of 8 bits over the
+    # row, each a 256-bin histogram of the keys that share the prefix found so far), then one pass in page
+    # order that writes the chosen pages ascending (ties at the threshold: the lowest pages), -1 after them.
+    pid = tl.program_id(0)
+    b = pid // S
+    s = pid % S
+    x_row = X + b.to(tl.int64) * stride_xb + s.to(tl.int64) * stride_xs
+    o_row = OUT + b.to(tl.int64) * stride_ob + s.to(tl.int64) * stride_os
+    kk = K
+    if HAS_KROW:
+        kk = tl.minimum(tl.maximum(tl.load(KROW + b), 0), K)
+    lim = P
+    if HAS_LIMIT:  # entries at or after limit[b] count as -inf
+        lim = tl.load(LIMIT + b)
+    offs = tl.arange(0, BLOCK)
+    bins = tl.arange(0, 256)
+    prefix = kk * 0          # digits of the threshold found so far, in the unsigned-order key (key ^ sign bit)
+    need = kk                # how many of the keys that share the prefix are still to be taken
+    for i in tl.static_range(4):
+        shift: tl.constexpr = 24 - 8 * i
+        hist = tl.zeros([256], dtype=tl.int32)
+        for c in range(0, P, BLOCK):
+            p = c + offs
+            ok = p < P
+            x = tl.load(x_row + p * stride_xp, mask=ok, other=0.0)
+            u = _sortable_key(tl.where(p < lim, x, float("-inf"))) ^ (-2147483648)
+            if shift < 24:
+                ok = ok & ((u >> (shift + 8)) == (prefix >> (shift + 8)))
+            hist += tl.histogram((u >> shift) & 255, 256, mask=ok)
+        ge = tl.sum(hist, 0) - tl.cumsum(hist, 0) + hist          # keys with this digit or a larger one
+        digit = tl.max(tl.where(ge >= need, bins, 0), 0)
+        need -= tl.sum(tl.where(bins > digit, hist, 0), 0)
+        prefix = prefix | (digit << shift)
+    thr = prefix ^ (-2147483648)   # the k-th largest key (signed order)
+    taken = kk * 0
+    ties = kk * 0
+    for c in range(0, P, BLOCK):
+        p = c + offs
+        ok = p < P
+        x = tl.load(x_row + p * stride_xp, mask=ok, other=0.0)
+        x = tl.where(p < lim, x, float("-inf"))
+        key = _sortable_key(x)
+        eq = ok & (key == thr)
+        take = (ok & (key > thr)) | (eq & (ties + tl.cumsum(eq.to(tl.int32), 0) <= need))
+        take = take & (kk > 0)
+        if DROP_NEG_INF:
+            take = take & (x > float("-inf"))
+        pos = taken + tl.cumsum(take.to(tl.int32), 0) - 1
+        tl.store(o_row + pos * stride_op, p, mask=take)
+        taken += tl.sum(take.to(tl.int32), 0)
+        ties += tl.sum(eq.to(tl.int32), 0)
+    for c in range(0, W, BLOCK):
+        j = c + offs
+        tl.store(o_row + j * stride_op, tl.full([BLOCK], -1, tl.int32), mask=(j >= taken) & (j < W))
+    tl.store(CNT + pid, taken)
+
+
+def topk_pages(x: torch.Tensor, k: int, k_row: torch.Tensor | None = None, *, limit: torch.Tensor | None = None,
+               drop_neg_inf: bool = False, width: int | None = None,
+               block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest entries of each row of x [B, S, P] (fp32) as page ids **in ascending order**, in one
+    kernel (radix select + ordered compaction) instead of ``torch.topk`` + sort: (pages [B, S, width] int32,
+    -1 after the chosen ones; counts [B, S] int32). Ties at the threshold take the lowest pages.
+
+    ``k_row`` [B] (device): row b takes ``min(k_row[b], k)``; ``limit`` [B] (device): entries at or after
+    ``limit[b]`` count as ``-inf`` (Quest: pages from the current one on); ``drop_neg_inf``: ``-inf`` entries are never
+    taken (fewer than k then); ``width`` >= k (default k) pads the lists with -1. No host sync, static
+    shapes: CUDA-graph capturable."""
+    if x.dim() != 3:
+        raise ValueError("x must be [B, S, P]")
+    B, S, P = x.shape
+    k = max(0, min(int(k), P))
+    width = k if width is None else int(width)
+    if width < k:
+        raise ValueError("width must be >= k")
+    xf = x.to(torch.float32)
+    out = torch.empty(B, S, width, dtype=torch.int32, device=x.device)
+    cnt = torch.empty(B, S, dtype=torch.int32, device=x.device)
+    if B * S == 0:
+        return out, cnt
+    block = int(block) if block else min(8192, max(256, next_pow2(P)))
+    krow = i32(k_row.to(x.device)) if k_row is not None else cnt
+    lim = i32(limit.to(x.device)) if limit is not None else cnt
+    _topk_pages_kernel[(B * S,)](xf, krow, lim, out, cnt, *xf.stride(), *out.stride(), S, P, k, width,
+                                 BLOCK=block, HAS_KROW=k_row is not None, HAS_LIMIT=limit is not None,
+                                 DROP_NEG_INF=bool(drop_neg_inf),
+                                 num_warps=max(4, min(16, block // 512)))
+    return out, cnt
+
+
 def block_p_for(dtype) -> int:
     """Pages per program: fp32 summaries (ieee products on CUDA cores) spill registers at 64."""
     return 32 if dtype in (torch.float32, "fp32") else 64
@@ -142,23 +247,12 @@ def quest_select(quest, state, q: torch.Tensor, bounds: torch.Tensor | None = No
     kmax = int(min(int(n_hist.max()) if B else 0, P))
     seq = state.seq_lens.to(dev)
     cur = ((seq - 1) // p).clamp(min=0)  # [B] page of the newest token
-    pid = torch.arange(P, device=dev).view(1, 1, -1)
-    cand = bounds.masked_fill(pid >= cur.view(B, 1, 1), float("-inf"))
-    if kmax > 0:
-        val, idx = torch.topk(cand, kmax, dim=-1)
-        ok = val > float("-inf")
-        if int(n_hist.min()) != kmax:  # rows with smaller budgets (host tensor: no device sync)
-            rank = torch.arange(kmax, device=dev).view(1, 1, -1)
-            ok = ok & (rank < n_hist.to(dev).view(B, 1, 1))
-        big = torch.iinfo(torch.long).max
-        idx = torch.where(ok, idx, torch.full_like(idx, big)).sort(-1).values
-        idx = torch.where(idx == big, torch.full_like(idx, -1), idx)
-        nsel = ok.sum(-1)
-    else:
-        idx = torch.empty(B, H, 0, dtype=torch.long, device=dev)
-        nsel = torch.zeros(B, H, dtype=torch.long, device=dev)
-    pages = torch.cat([idx, torch.full((B, H, 1), -1, dtype=torch.long, device=dev)], -1)
-    pages.scatter_(2, nsel.unsqueeze(-1), cur.view(B, 1, 1).expand(B, H, 1))
+    # the kmax best earlier pages, ascending, in one kernel; rows with smaller budgets take fewer (host tensor:
+    # no device sync); one more column for the current page
+    k_row = None if B == 0 or int(n_hist.min()) >= kmax else n_hist.to(dev)
+    pages, nsel = topk_pages(bounds, kmax, k_row, limit=cur, drop_neg_inf=True, width=kmax + 1)
+    pages.scatter_(2, nsel.long().unsqueeze(-1), cur.to(torch.int32).view(B, 1, 1).expand(B, H, 1))
+    nsel = nsel.long()
     sps = state.paper_sparsity.view(B, 1).expand(B, H).clone()
     return QuestSelection(page_size=p, pages=pages, counts=nsel + 1, seq_lens=seq.clone(),
                           pad_offsets=state.pad_offsets, length=state.length, paper_sparsity=sps,
@@ -212,4 +306,4 @@ def quest_attention(q, k, v, selection: QuestSelection, scale=None, **kw):
                            pad_offsets=selection.pad_offsets, page_limit=selection.seq_lens, scale=scale, **kw)
 
 
-__all__ = ["page_bounds", "quest_select", "group_union", "quest_attention"]
+__all__ = ["page_bounds", "topk_pages", "quest_select", "group_union", "quest_attention"]
