@@ -79,3 +79,17 @@ def test_model_cards_match_training_logs():
         for r in log["eval"]:
             row = next(line for line in card.splitlines() if line.startswith(f"| {r['task']} |"))
             assert f"{r['accuracy']:.2f}" in row
+
+
+def test_family_table_is_current_and_mean_accuracy_grows_with_size():
+    """models/README.md is the table of the shipped logs, and the family's mean dense accuracy over all task x
+    length cells increases with the parameter count (the issue's bar; a worse model shipped breaks it)."""
+    from workflow_scripts.train_reference import family_table
+
+    assert (MODELS / "README.md").read_text() == family_table(MODELS)
+    logs = sorted((json.loads((MODELS / s / "training_log.json").read_text()) for s in SIZES),
+                  key=lambda r: r["n_params"])
+    means = [sum(r["accuracy"] for r in rec["eval"]) / len(rec["eval"]) for rec in logs]
+    assert [rec["size"] for rec in logs] == SIZES
+    assert all(len(rec["eval"]) == 24 for rec in logs)           # 6 tasks x 4 lengths each
+    assert means == sorted(means) and len(set(means)) == 3, means

@@ -593,6 +593,36 @@ Retrain this size exactly: `python -m workflow_scripts.train_reference --config 
 """
 
 
+def family_table(models_dir: Path) -> str:
+    """models/README.md: the family side by side (from each size's training_log.json), smallest first: dense
+    accuracy per task (mean over the evaluated lengths) and the mean over all task x length cells."""
+    records = [json.loads(f.read_text()) for f in sorted(Path(models_dir).glob("*/training_log.json"))]
+    records = sorted((r for r in records if r.get("eval")), key=lambda r: r["n_params"])
+    tasks = list(dict.fromkeys(r["task"] for rec in records for r in rec["eval"]))
+    lengths = sorted({r["length"] for rec in records for r in rec["eval"]})
+
+    def mean(vals):
+        return f"{sum(vals) / len(vals):.2f}" if vals else "n/a"
+
+    rows = ["| model | parameters | steps | trained on | " + " | ".join(tasks) + " | **mean** |",
+            "|---|---|---|---|" + "---|" * (len(tasks) + 1)]
+    for rec in records:
+        per_task = [mean([r["accuracy"] for r in rec["eval"] if r["task"] == t]) for t in tasks]
+        rows.append(f"| [{rec['size']}]({rec['size']}/README.md) | {rec['n_params'] / 1e6:.1f}M | {rec['steps']:,} | "
+                    f"{rec.get('gpu', 'NVIDIA H100')} | " + " | ".join(per_task)
+                    + f" | **{mean([r['accuracy'] for r in rec['eval']])}** |")
+    return f"""# Reference model family
+
+Small Qwen2 models trained by this project on its own task generators (`studies/train_reference.yaml`,
+`docs/reference_models.md`); the default study (`config.yaml`) runs them offline. Dense accuracy in the
+direct-answer mode on the evaluation seeds (43 + i), mean over the lengths {', '.join(str(L) for L in lengths)};
+per-length tables in each model card. Regenerate this table with
+`python -m workflow_scripts.train_reference --stage family --work models`.
+
+{chr(10).join(rows)}
+"""
+
+
 def load_config(paths: list[str]) -> dict:
     """The recipe, later files deep-merged over earlier ones (e.g. an overlay that adds ablation sizes)."""
     def merge(a, b):
@@ -610,9 +640,10 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", action="append", help="recipe YAML (repeatable: later files override earlier)")
     ap.add_argument("--work", required=True)
-    ap.add_argument("--stage", choices=["all", "tokenizer", "train", "train-one", "eval"], default="all",
+    ap.add_argument("--stage", choices=["all", "tokenizer", "train", "train-one", "eval", "family"], default="all",
                     help="all = tokenizer + train (+ evaluation unless eval.after_training is false); "
-                         "eval = evaluate trained sizes that have no model card yet")
+                         "eval = evaluate trained sizes that have no model card yet; "
+                         "family = WORK/README.md, the table of the sizes in WORK (e.g. --work models)")
     ap.add_argument("--size", help="train-one: the size to train")
     ap.add_argument("--sizes", help="train: comma-separated subset of the recipe's sizes")
     a = ap.parse_args(argv)
@@ -651,6 +682,9 @@ def main(argv=None) -> None:
     if a.stage == "eval":
         for s in (a.sizes.split(",") if a.sizes else list(cfg["sizes"])):
             evaluate_size(cfg, work, s)
+    if a.stage == "family":           # --work: the folder that holds the sizes (models/ for the shipped family)
+        with atomic_path(work / "README.md") as tmp:
+            tmp.write_text(family_table(work))
 
 
 if __name__ == "__main__":
