@@ -1,6 +1,6 @@
 """Time `snakemake -n` on a generated grid of >= 5,000 cells, next to a bare-Snakefile floor (benchmark, not a test).
 
-    python bench/bench_dryrun.py [--shape paper|models] [--models N] [--lengths L ...] [--no-floor]
+    python bench/bench_dryrun.py [--shape paper|models] [--models N] [--lengths L ...] [--device cuda] [--no-floor]
 
 Shapes (all models point at one tiny checkpoint, built on the fly, sharing one tokenizer):
 
@@ -8,6 +8,10 @@ Shapes (all models point at one tiny checkpoint, built on the fly, sharing one t
   grid (dense at 1); models are added until the grid has >= 5,000 cells (3 models: 5,940 cells).
 * ``models``: the shape of tests/test_workflow.py's dry-run test: 500 models x 10 lengths x one task x dense,
   5,000 cells that are also 5,000 score groups (two jobs per cell, the most jobs per cell a grid can have).
+
+``--device cuda`` marks the models as GPU models: the same jobs in fewer, larger model loads (paper shape: 30 loads of
+up to 200 cells instead of 339 CPU-time-limited ones), the case where Snakemake's handling of group jobs costs most
+(see workflow_scripts/snakemake_speedups.py; ``SFW_SNAKEMAKE_SPEEDUPS=0`` times the dry run without those patches).
 
 The floor is a Snakefile with nothing of ours in it: the same DAG shape (task data per task x length -> one job
 per cell -> one job per (model, task, length) group -> all) with trivial rules, so its dry run is what Snakemake
@@ -86,7 +90,8 @@ def total_jobs(text: str) -> int:
     return next(int(line.split()[-1]) for line in text.splitlines() if line.startswith("total"))
 
 
-def study(shape: str, model_path: str, n_models: int | None, lengths: list[int] | None, min_cells: int):
+def study(shape: str, model_path: str, n_models: int | None, lengths: list[int] | None, min_cells: int,
+          device: str | None = None):
     """(config, models, tasks, lengths, cells per (model, task, length) group)."""
     from sparse_kernels.registry import METHOD_PHASES
     from workflow_scripts.tasks import task_names
@@ -110,8 +115,9 @@ def study(shape: str, model_path: str, n_models: int | None, lengths: list[int] 
     n_models = n_models or 1
     while n_models * len(tasks) * len(lengths) * per_group < min_cells:
         n_models += 1
+    model = {"path": model_path, "tokenizer": model_path, **({"device": device} if device else {})}
     cfg = {**extra, "prompt_mode": "direct",
-           "models": {f"model{i}": {"path": model_path, "tokenizer": model_path} for i in range(n_models)},
+           "models": {f"model{i}": dict(model) for i in range(n_models)},
            "tasks": tasks, "lengths": lengths, "methods": methods}
     return cfg, n_models, len(tasks), len(lengths), per_group
 
@@ -124,12 +130,14 @@ def main() -> None:
     ap.add_argument("--models", type=int, help="number of models (default: the fewest giving --min-cells)")
     ap.add_argument("--lengths", type=int, nargs="+")
     ap.add_argument("--min-cells", type=int, default=5000)
+    ap.add_argument("--device", choices=["cpu", "cuda"], help="device of every model (default: the schema's, auto)")
     ap.add_argument("--no-floor", action="store_true", help="skip the bare-Snakefile floor")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = build_tiny_model(tmp / "tiny")
-        cfg, n_models, n_tasks, n_lengths, per_group = study(a.shape, str(model), a.models, a.lengths, a.min_cells)
+        cfg, n_models, n_tasks, n_lengths, per_group = study(a.shape, str(model), a.models, a.lengths, a.min_cells,
+                                                           a.device)
         (tmp / "study.yaml").write_text(yaml.safe_dump(cfg))
         cells = n_models * n_tasks * n_lengths * per_group
         proc, wall, cpu = timed_dry_run(["-s", str(ROOT / "Snakefile"), "--directory", str(tmp / "wd"),

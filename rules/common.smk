@@ -12,6 +12,12 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 
 from workflow_scripts import config as sfc  # noqa: E402
+from workflow_scripts import snakemake_speedups  # noqa: E402
+
+# Drop-in replacements for Snakemake internals that repeat work per job (group readiness and checks, resource
+# evaluation, shell commands, garbage collection): the same jobs, groups and resources, a dry run of a 6,000-job grid
+# in about half the time (see the module; SFW_SNAKEMAKE_SPEEDUPS=0 turns them off).
+snakemake_speedups.apply()
 
 _errors = sfc.schema_errors(config)
 if _errors:

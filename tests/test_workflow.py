@@ -128,7 +128,8 @@ def test_killed_job_leaves_no_complete_output(workflow, tiny_model):
 
 # The dry run of a big grid may take at most this many times the CPU time that Snakemake alone needs for a bare
 # Snakefile of trivial jobs in the same DAG shape (bench/bench_dryrun.py's floor, timed in the same test, so a
-# slow or loaded machine slows both). Measured on the 2-core dev machine: 1.5 (model loads as services: 1.6).
+# slow or loaded machine slows both). Measured on the 2-core dev machine: 1.4 (1.6 without the Snakemake patches of
+# workflow_scripts/snakemake_speedups.py, which the floor's bare Snakefile does not load).
 DRY_RUN_FLOOR_FACTOR = 2.0
 
 
