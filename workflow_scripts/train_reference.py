@@ -533,6 +533,11 @@ def write_log(out_dir: Path, record: dict) -> None:
         tmp.write_text(json.dumps(record, indent=1))
 
 
+def trained_on(record: dict) -> str:
+    """The GPU a training log was made on; logs written before the trainer recorded it come from H100 runs."""
+    return record.get("gpu", "NVIDIA H100")
+
+
 def model_card(size: str, cfg: dict, record: dict) -> str:
     """The model card (README.md) from the recipe and the run's record (training_log.json)."""
     n_params, steps, tokens, seconds = record["n_params"], record["steps"], record["tokens"], record["seconds"]
@@ -579,7 +584,7 @@ It only knows the project's synthetic and story tasks in the **direct-answer** p
 | RoPE base / max positions | {t_cfg['rope_theta']:g} / {t_cfg['max_position_embeddings']} |
 | training data | {', '.join(f"{t} ({d.get('task_weights', {}).get(t, 1.0):g})" for t in d['tasks'])} (task weights) at lengths {', '.join(f"{L} ({d['length_share'][L]:g})" for L in d['lengths'])} (token shares), generated while training ({stream_samples:,} fresh samples read), seeds offset by {d['seed_offset']:,} (disjoint from evaluation) |
 | objective | next-token loss, weight 1 on answer tokens and {t_cfg['context_weight']} on prompt tokens{_context_weight_note(t_cfg)} |
-| training | {steps} steps of {t_cfg['tokens_per_batch']} tokens, {tokens / 1e6:.0f}M tokens (padded), {seconds / 60:.1f} min on one {record.get('gpu', 'NVIDIA H100')} (compilation included), AdamW lr {t_cfg['lr']:g} (warm-up {t_cfg['warmup_steps']} steps, cosine on elapsed time), length curriculum {t_cfg.get('curriculum', 0):g} |
+| training | {steps} steps of {t_cfg['tokens_per_batch']} tokens, {tokens / 1e6:.0f}M tokens (padded), {seconds / 60:.1f} min on one {trained_on(record)} (compilation included), AdamW lr {t_cfg['lr']:g} (warm-up {t_cfg['warmup_steps']} steps, cosine on elapsed time), length curriculum {t_cfg.get('curriculum', 0):g} |
 | loss (weighted / answer-only) | start {first['loss']:.3f} / {first['answer_loss']:.3f}, middle {mid['loss']:.3f} / {mid['answer_loss']:.3f}, end {last['loss']:.3f} / {last['answer_loss']:.3f} |
 | retrieval probes during training | {probes} |
 | weights | bf16 safetensors, shards ≤ 15 MB |
@@ -609,7 +614,7 @@ def family_table(models_dir: Path) -> str:
     for rec in records:
         per_task = [mean([r["accuracy"] for r in rec["eval"] if r["task"] == t]) for t in tasks]
         rows.append(f"| [{rec['size']}]({rec['size']}/README.md) | {rec['n_params'] / 1e6:.1f}M | {rec['steps']:,} | "
-                    f"{rec.get('gpu', 'NVIDIA H100')} | " + " | ".join(per_task)
+                    f"{trained_on(rec)} | " + " | ".join(per_task)
                     + f" | **{mean([r['accuracy'] for r in rec['eval']])}** |")
     return f"""# Reference model family
 

@@ -251,8 +251,8 @@ def quest_select(quest, state, q: torch.Tensor, bounds: torch.Tensor | None = No
     # no device sync); one more column for the current page
     k_row = None if B == 0 or int(n_hist.min()) >= kmax else n_hist.to(dev)
     pages, nsel = topk_pages(bounds, kmax, k_row, limit=cur, drop_neg_inf=True, width=kmax + 1)
-    pages.scatter_(2, nsel.long().unsqueeze(-1), cur.to(torch.int32).view(B, 1, 1).expand(B, H, 1))
     nsel = nsel.long()
+    pages.scatter_(2, nsel.unsqueeze(-1), cur.to(torch.int32).view(B, 1, 1).expand(B, H, 1))
     sps = state.paper_sparsity.view(B, 1).expand(B, H).clone()
     return QuestSelection(page_size=p, pages=pages, counts=nsel + 1, seq_lens=seq.clone(),
                           pad_offsets=state.pad_offsets, length=state.length, paper_sparsity=sps,
