@@ -2,9 +2,6 @@
 
     python bench/bench_train_step.py [--sizes ref-20m,ref-2m] [--lengths 1024,8192] [--modes eager,default,reduce-overhead]
 
-A mode "<mode>:dynamic" compiles one graph with symbolic shapes for all lengths (train.compile_dynamic); its
-"first call" column then shows the one compilation at the first length and only CUDA-graph recording after it.
-
 Builds each size of studies/train_reference.yaml with random weights, feeds random token batches of the recipe's
 tokens_per_batch at each length (width L + answer_pad, as the compiled trainer pads), and prints ms per step
 (forward + loss + backward + clip + finiteness check + AdamW, as the trainer) and tokens/s, all measured in this run; with --profile, the top CUDA
@@ -73,9 +70,8 @@ def main() -> None:
             torch._dynamo.reset()
             model, opt, t = build(cfg, size)
             model.train()
-            base_mode, _, dyn = mode.partition(":")     # "<mode>:dynamic" = train.compile_dynamic
             fn = _weighted_loss if mode == "eager" else torch.compile(
-                _weighted_loss, mode=None if base_mode == "default" else base_mode, dynamic=dyn == "dynamic")
+                _weighted_loss, mode=None if mode == "default" else mode, dynamic=False)
             step = step_fn(model, opt, fn)
             for L in map(int, a.lengths.split(",")):
                 tokens = a.tokens or t["tokens_per_batch"]
@@ -89,7 +85,7 @@ def main() -> None:
                 first = time.perf_counter() - t0
                 s = time_steps(step, ids, w, a.steps)
                 rows.append((size, mode, L, k, s * 1e3, k * width / s, first))
-                print(f"{size:8s} {mode:24s} L={L:5d} rows={k:3d} {s * 1e3:7.2f} ms/step "
+                print(f"{size:8s} {mode:16s} L={L:5d} rows={k:3d} {s * 1e3:7.2f} ms/step "
                       f"{k * width / s / 1e6:6.2f} M tok/s (first call {first:.1f} s)", flush=True)
                 if a.profile and mode == "eager":
                     from torch.profiler import ProfilerActivity, profile

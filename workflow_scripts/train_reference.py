@@ -320,13 +320,10 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
     # pads every batch of a length to one width (one static shape per length) and compiles the forward + loss
     # (mode e.g. "reduce-overhead" = CUDA graphs). Every length's shape is compiled before the first step
     # (while the generator processes fill the stream), not in the middle of the length curriculum.
-    # `compile_dynamic`: one graph with symbolic batch and width serves every length (one compilation instead
-    # of one per length; CUDA graphs are still recorded per shape).
     compiled = bool(t_cfg.get("compile"))
     step_loss = _weighted_loss
     if compiled:
-        step_loss = torch.compile(_weighted_loss, mode=t_cfg.get("compile_mode") or None,
-                                  dynamic=bool(t_cfg.get("compile_dynamic")))
+        step_loss = torch.compile(_weighted_loss, mode=t_cfg.get("compile_mode") or None, dynamic=False)
         for L in lengths:
             ids = torch.full(batch_shape(t_cfg, L, True), tok.pad_token_id, dtype=torch.long, device=device)
             w = torch.ones(ids.shape, dtype=torch.float32, device=device)
