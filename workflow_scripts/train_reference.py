@@ -347,8 +347,10 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
 
     best = BestWeights() if t_cfg.get("keep_best") else None
 
+    evaluator = DenseEvaluator(model) if probes else None
+
     def take_probe(elapsed: float) -> None:
-        result = _probe(model, tok, probes, run["eval"])
+        result = _probe(evaluator, model, tok, probes, run["eval"])
         probe_log.append({"seconds": round(elapsed, 1), "step": step, **result})
         print(f"[{size}] probe t={elapsed:.0f}s {probe_log[-1]}", flush=True)
         if best is not None:
@@ -370,7 +372,6 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
         if elapsed >= next_probe:
             take_probe(elapsed)
             next_probe += t_cfg["probe_seconds"]
-            model.train()
         lr = t_cfg["lr"] * min(1.0, (step + 1) / t_cfg["warmup_steps"]) * (
             t_cfg["min_lr_fraction"] + (1 - t_cfg["min_lr_fraction"]) * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
@@ -466,9 +467,9 @@ def _probe_set(cfg: dict, tok) -> dict:
     return out
 
 
-def _probe(model, tok, probes: dict, e: dict) -> dict:
-    model.eval()
-    return {spec: round(_accuracy(model, tok, cls, samples, max_new_tokens(e, spec.split("@")[0])), 3)
+def _probe(ev: "DenseEvaluator", model, tok, probes: dict, e: dict) -> dict:
+    ev.sync(model)
+    return {spec: round(ev.accuracy(tok, cls, samples, max_new_tokens(e, spec.split("@")[0])), 3)
             for spec, (cls, samples) in probes.items()}
 
 
@@ -476,21 +477,43 @@ def max_new_tokens(e: dict, task: str) -> int:
     return e.get("max_new_tokens_by_task", {}).get(task, e["max_new_tokens"])
 
 
-def _accuracy(model, tok, cls, samples, max_new_tokens: int, tokens_per_batch: int = 65536) -> float:
-    """Dense greedy accuracy of ``model`` on ``samples`` of task class ``cls`` (batched, left padding)."""
-    import torch
+class DenseEvaluator:
+    """Dense greedy accuracy of a model through the workflow's own inference path: a bf16 copy of the weights
+    (what is shipped) with sparse_kernels' attention and a dense :class:`SparseSession`, whose decode runs
+    from a static cache in a CUDA graph on a GPU. Plain HF generation spent ~30 s per probe of a training
+    run (launch-bound decode steps), a fifth of the training budget at four probes. ``sync`` copies the
+    current weights of the trained model into the copy."""
 
-    from sparse_kernels.hf.generate import greedy_generate
+    def __init__(self, model):
+        import copy
 
-    prompts = [tok(s.prompt, add_special_tokens=False)["input_ids"] for s in samples]
-    bs = max(1, tokens_per_batch // max(len(p) + max_new_tokens for p in prompts))
-    scores = []
-    for b in range(0, len(samples), bs):
-        with torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16):
-            gen = greedy_generate(model, prompts[b:b + bs], max_new_tokens, {tok.eos_token_id}, tok.pad_token_id)
-        for s, toks in zip(samples[b:b + bs], gen.tokens):
-            scores.append(cls.score(tok.decode(toks, skip_special_tokens=True), s.gold))
-    return sum(scores) / len(scores)
+        import torch
+
+        from sparse_kernels.hf import enable
+        from sparse_kernels.hf.session import SparseSession
+
+        self.model = enable(copy.deepcopy(model).to(torch.bfloat16)).eval()
+        self.session = SparseSession(None, None, executor="auto")
+
+    def sync(self, model) -> None:
+        import torch
+
+        with torch.no_grad():
+            self.model.load_state_dict(model.state_dict())    # cast to bf16
+
+    def accuracy(self, tok, cls, samples, max_new_tokens: int, tokens_per_batch: int = 65536) -> float:
+        """Mean score of ``cls`` over ``samples`` (batched, left padding)."""
+        from sparse_kernels.hf.generate import greedy_generate
+
+        prompts = [tok(s.prompt, add_special_tokens=False)["input_ids"] for s in samples]
+        bs = max(1, tokens_per_batch // max(len(p) + max_new_tokens for p in prompts))
+        scores = []
+        for b in range(0, len(samples), bs):
+            gen = greedy_generate(self.model, prompts[b:b + bs], max_new_tokens, {tok.eos_token_id},
+                                  tok.pad_token_id, session=self.session)
+            for s, toks in zip(samples[b:b + bs], gen.tokens):
+                scores.append(cls.score(tok.decode(toks, skip_special_tokens=True), s.gold))
+        return sum(scores) / len(scores)
 
 
 def evaluate(cfg: dict, e: dict, model, tok) -> list[dict]:
@@ -498,6 +521,7 @@ def evaluate(cfg: dict, e: dict, model, tok) -> list[dict]:
     from .tasks import load_task_class
     from .tasks.base import LengthError, Renderer
 
+    ev = DenseEvaluator(model)
     results = []
     for task in e.get("tasks", cfg["data"]["tasks"]):
         cls = load_task_class(task)
@@ -508,7 +532,7 @@ def evaluate(cfg: dict, e: dict, model, tok) -> list[dict]:
             except LengthError as err:
                 print(f"eval {task}@{length}: skipped ({err})", flush=True)
                 continue
-            acc = _accuracy(model, tok, cls, samples, max_new_tokens(e, task), e.get("tokens_per_batch", 65536))
+            acc = ev.accuracy(tok, cls, samples, max_new_tokens(e, task), e.get("tokens_per_batch", 65536))
             results.append({"task": task, "length": length, "n": len(samples), "accuracy": acc})
             print(f"eval {task}@{length}: {acc:.3f}", flush=True)
     return results
