@@ -127,6 +127,11 @@ def main(argv=None) -> int:
                                       USE_DOT=True, PREC="ieee" if sdt == "fp32" else "tf32", HAS_LIMIT=lim,
                                       GROUP_ROWS=shared and lim), arch, 4, 2,
                                  f"quest page bounds {sdt} shared={shared} limit={lim}")
+        for krow, lim in ((False, False), (True, True)):
+            ok &= compile_kernel(quest._topk_pages_kernel, {"X": "*fp32", "KROW": "*i32", "LIMIT": "*i32",
+                                                            "OUT": "*i32", "CNT": "*i32"},
+                                 dict(BLOCK=8192, HAS_KROW=krow, HAS_LIMIT=lim, DROP_NEG_INF=lim), arch, 16, 3,
+                                 f"quest top-k pages k_row={krow} limit={lim}")
     if "snapkv" in only:
         ok &= compile_kernel(snapkv._window_lse_kernel, {"Q": p, "K": p, "M_OUT": "*fp32", "L_OUT": "*fp32",
                                                          "qk_scale": "fp32"},

@@ -121,7 +121,7 @@ def _topk_pages_kernel(X, KROW, LIMIT, OUT, CNT,
     prefix = kk * 0          # digits of the threshold found so far, in the unsigned-order key (key ^ sign bit)
     need = kk                # how many of the keys that share the prefix are still to be taken
     for i in tl.static_range(4):
-        shift: tl.constexpr = 24 - 8 * i
+        shift = 24 - 8 * i      # a compile-time int (not annotated: an annotated constexpr cannot be reassigned)
         hist = tl.zeros([256], dtype=tl.int32)
         for c in range(0, P, BLOCK):
             p = c + offs
