@@ -106,13 +106,16 @@ def main(argv=None) -> int:
         TD = {"Q": p, "K": p, "V": p, "PAGES": "*i32", "PCNT": "*i32", "PBITS": "*i32", "OFF": "*i32", "PLEN": "*i32",
               "RSTART": "*i32", "REND": "*i32", "M_OUT": "*fp32", "L_OUT": "*fp32", "ACC_OUT": "*fp32",
               "qk_scale": "fp32"}
-        for pages, rng, bits, page, end in [(True, False, True, 16, False), (True, False, False, 16, False),
-                                            (False, True, False, 16, False), (True, True, False, 1, False),
-                                            (False, True, False, 16, True)]:   # end: static-cache span decode
-            ok &= compile_kernel(decode._decode_partial_kernel, TD, dict(
+        TD64 = dict(TD, PCNT="*i64", OFF="*i64", PLEN="*i64", RSTART="*i64", REND="*i64")   # int64 index inputs
+        for pages, rng, bits, page, end, types in [(True, False, True, 16, False, TD), (True, False, False, 16, False, TD),
+                                                   (True, False, False, 16, False, TD64),
+                                                   (False, True, False, 16, False, TD), (True, True, False, 1, False, TD),
+                                                   (False, True, False, 16, True, TD)]:   # end: static-cache span decode
+            ok &= compile_kernel(decode._decode_partial_kernel, types, dict(
                 PAGE=page, BLOCK_N=64, BLOCK_R=16, BLOCK_D=128, HAS_PAGES=pages, HAS_RANGE=rng, HAS_END=end,
-                HAS_BITS=bits, USE_DOT=True, PREC=prec), arch, 4, 2,
-                f"decode pages={pages} range={rng} bits={bits} page={page} end={end}")
+                HAS_BITS=bits, HAS_OFF=pages, HAS_PLEN=pages, USE_DOT=True, PREC=prec), arch, 4, 2,
+                f"decode pages={pages} range={rng} bits={bits} page={page} end={end}"
+                f"{' int64 indices' if types is TD64 else ''}")
         ok &= compile_kernel(decode._decode_combine_kernel,
                              {"M_IN": "*fp32", "L_IN": "*fp32", "ACC_IN": "*fp32", "O": p},
                              dict(BLOCK_S=64, BLOCK_R=16, BLOCK_D=128), arch, 4, 1, "decode combine")

@@ -35,8 +35,10 @@ def _decode_partial_kernel(
         Hkv, GROUPS, LQ, LK, D, NSPLIT, qk_scale,
         PAGE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
         HAS_PAGES: tl.constexpr, HAS_RANGE: tl.constexpr, HAS_END: tl.constexpr, HAS_BITS: tl.constexpr,
-        USE_DOT: tl.constexpr,
+        HAS_OFF: tl.constexpr, HAS_PLEN: tl.constexpr, USE_DOT: tl.constexpr,
         PREC: tl.constexpr):
+    # index inputs (counts, offsets, limits, range bounds) may be int32 or int64: read as they are, so that
+    # the caller launches no conversion kernels (a few us each inside a decode step's CUDA graph)
     split = tl.program_id(0)
     pid_bg = tl.program_id(1)
     b = pid_bg // Hkv
@@ -55,23 +57,27 @@ def _decode_partial_kernel(
     q = tl.load(q_ptr, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     lk = LK
     if HAS_END:
-        lk = tl.load(REND + b)  # written prefix of a static cache
+        lk = tl.load(REND + b).to(tl.int32)  # written prefix of a static cache
     qpos = lk - LQ + qi  # absolute query positions
     k_base = K + b64 * stride_kb + g.to(tl.int64) * stride_kh
     v_base = V + b64 * stride_vb + g.to(tl.int64) * stride_vh
-    off = tl.load(OFF + b)
+    off = 0
+    if HAS_OFF:
+        off = tl.load(OFF + b).to(tl.int32)
     # work: page tiles then range tiles
     n_page_tiles = 0
     cnt = 0
     plen = 0
     if HAS_PAGES:
-        cnt = tl.load(PCNT + b64 * stride_cb + g * stride_ch)
-        plen = tl.load(PLEN + b)
+        cnt = tl.load(PCNT + b64 * stride_cb + g * stride_ch).to(tl.int32)
+        plen = LK
+        if HAS_PLEN:
+            plen = tl.load(PLEN + b).to(tl.int32)
         n_page_tiles = tl.cdiv(cnt * PAGE, BLOCK_N)
     r0 = lk
     n_range_tiles = 0
     if HAS_RANGE:
-        r0 = tl.load(RSTART + b * stride_rb + g * stride_rh)
+        r0 = tl.load(RSTART + b * stride_rb + g * stride_rh).to(tl.int32)
         n_range_tiles = tl.cdiv(tl.maximum(lk - r0, 0), BLOCK_N)
     total = n_page_tiles + n_range_tiles
     per = tl.cdiv(total, NSPLIT)
@@ -185,21 +191,25 @@ def gathered_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, pages:
     cdt = qc.dtype
     kc, vc = kc.to(cdt), vc.to(cdt)
     dev = q.device
-    zeros_b = torch.zeros(B, dtype=torch.int32, device=dev)
     has_pages = pages is not None
+    has_bits = page_bits is not None
     if has_pages:
-        pages = i32(pages)
-        counts = i32(counts)
         if pages.shape[-1] == 0:
             pages = torch.full((B, Hkv, 1), -1, dtype=torch.int32, device=dev)
-    off = zeros_b if pad_offsets is None else i32(pad_offsets.to(dev))
-    plen = torch.full((B,), Lk, dtype=torch.int32, device=dev) if page_limit is None else i32(page_limit.to(dev))
-    rstart = zeros_b if range_start is None else i32(range_start.to(dev))
-    has_end = range_end is not None
-    rend = i32(range_end.to(dev)) if has_end else zeros_b
+        elif has_bits or pages.dtype != torch.int32 or pages.stride(-1) != 1:
+            pages = i32(pages)     # the page bits are read with the pages' strides: both contiguous
+        counts = _index(counts.to(dev), contiguous=False)
+    has_range, has_end = range_start is not None, range_end is not None
+    off = _index(pad_offsets.to(dev)) if pad_offsets is not None else None
+    plen = _index(page_limit.to(dev)) if page_limit is not None else None
+    rstart = _index(range_start.to(dev), contiguous=False) if has_range else None
+    rend = _index(range_end.to(dev)) if has_end else None
     if has_end and rend.shape != (B,):
         raise ValueError("range_end must be [B]")
-    if rstart.dim() == 1:
+    some = pages if has_pages else rstart          # a pointer for the inputs a launch does not read
+    if not has_range:
+        srb, srh = 0, 0
+    elif rstart.dim() == 1:
         srb, srh = rstart.stride(0), 0
     elif rstart.shape == (B, Hkv):
         srb, srh = rstart.stride(0), rstart.stride(1)
@@ -216,28 +226,36 @@ def gathered_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, pages:
     m_buf = torch.empty(B * Hkv * num_splits * block_r, dtype=torch.float32, device=dev)
     l_buf = torch.empty_like(m_buf)
     acc_buf = torch.empty(B * Hkv * num_splits * block_r, block_d, dtype=torch.float32, device=dev)
-    pg = pages if has_pages else zeros_b.view(B, 1, 1)
-    cn = counts if has_pages else zeros_b.view(B, 1)
-    has_bits = page_bits is not None
-    bits = i32(page_bits) if has_bits else pg
+    pg = pages if has_pages else some
+    cn = counts if has_pages else some
+    bits = i32(page_bits) if has_bits else some
     if has_bits and bits.shape != pg.shape:
         raise ValueError("page_bits must have the shape of pages")
+    pstrides = (pg.stride(0), pg.stride(1), cn.stride(0), cn.stride(1)) if has_pages else (0, 0, 0, 0)
     # tensor cores need >= 16 rows; they are used for GQA groups / several queries, CUDA cores otherwise
     use_dot = rows > 1 or q.is_cuda
     _decode_partial_kernel[(num_splits, B * Hkv)](
-        qc, kc, vc, pg, cn, bits, off, plen, rstart, rend, m_buf, l_buf, acc_buf,
-        *qc.stride(), *kc.stride(), *vc.stride(),
-        pg.stride(0), pg.stride(1), cn.stride(0), cn.stride(1), srb, srh,
+        qc, kc, vc, pg, cn, bits, some if off is None else off, some if plen is None else plen,
+        some if rstart is None else rstart, some if rend is None else rend, m_buf, l_buf, acc_buf,
+        *qc.stride(), *kc.stride(), *vc.stride(), *pstrides, srb, srh,
         Hkv, groups, Lq, Lk, D, num_splits, resolve_scale(D, scale) * LOG2E,
         PAGE=int(page_size), BLOCK_N=block_n, BLOCK_R=block_r, BLOCK_D=block_d,
-        HAS_PAGES=has_pages, HAS_RANGE=range_start is not None, HAS_END=has_end, HAS_BITS=has_bits,
-        USE_DOT=use_dot,
+        HAS_PAGES=has_pages, HAS_RANGE=has_range, HAS_END=has_end, HAS_BITS=has_bits,
+        HAS_OFF=off is not None, HAS_PLEN=plen is not None, USE_DOT=use_dot,
         PREC=dot_precision(cdt), num_warps=num_warps, num_stages=num_stages)
     out = torch.empty(B, H, Lq, D, dtype=in_dtype, device=dev)
     _decode_combine_kernel[(B * Hkv, rows)](
         m_buf, l_buf, acc_buf, out, *out.stride(), Hkv, groups, Lq, D, num_splits,
         BLOCK_S=max(2, next_pow2(num_splits)), BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4)
     return out
+
+
+def _index(t: torch.Tensor, contiguous: bool = True) -> torch.Tensor:
+    """An index tensor as the decode kernel reads it: int32 / int64 kept as they are (no conversion kernel),
+    other dtypes as int32; ``contiguous``: for [B] vectors that the kernel indexes by row."""
+    if t.dtype not in (torch.int32, torch.int64):
+        t = t.to(torch.int32)
+    return t.contiguous() if contiguous else t
 
 
 def dense_decode(q, k, v, key_padding_mask: torch.Tensor | None = None, scale=None, **kw) -> torch.Tensor:
