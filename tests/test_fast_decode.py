@@ -128,6 +128,33 @@ def test_static_decode_equals_regular_triton_executor(model, name):
     _compare(model, name, "triton", (70, 41), 4)
 
 
+@pytest.mark.parametrize("name", ["quest", "quest_shared"])
+def test_static_quest_keeps_16bit_summaries_and_chooses_as_the_regular_loop(model, name, monkeypatch):
+    """fp16 model, accelerated Quest: the static step keeps the page summaries in the key dtype (the GPU bounds
+    kernel then uses tensor cores; min / max of fp16 keys are fp16 values, so nothing is lost), gives the
+    regular loop's tokens, and hands fp32 summaries back to the Quest state afterwards."""
+    import copy
+
+    half = copy.deepcopy(model).half()
+    prompts = _prompts((70, 41))
+    ref = greedy_generate(half, prompts, 4, set(), PAD, session=_session(name, "triton"), fast_decode=False)
+    import sparse_kernels.triton.quest as tq
+
+    seen, bounds = [], tq.page_bounds
+
+    def spy(page_min, *a, **kw):      # what the static step passes to the bounds kernel
+        seen.append(page_min.dtype)
+        return bounds(page_min, *a, **kw)
+
+    monkeypatch.setattr(tq, "page_bounds", spy)
+    session = _session(name, "triton")
+    fast = greedy_generate(half, prompts, 4, set(), PAD, session=session, fast_decode="eager")
+    assert fast.extras["fast_decode"]["mode"] == "eager"
+    assert fast.tokens == ref.tokens
+    assert seen and set(seen) == {torch.float16}
+    assert all(qs.page_min.dtype == qs.page_max.dtype == torch.float32 for qs in session.quest_states.values())
+
+
 def test_eos_rows_stop_at_different_steps(model):
     prompts = _prompts((150, 97, 121))
     free = greedy_generate(model, prompts, 10, set(), PAD, session=_session("quest", "reference"), fast_decode=False)

@@ -471,8 +471,13 @@ class SparseSession:
                 if quest:   # page summaries of their final size
                     qs = self.quest_states[layer]
                     Bq, G, P, D = qs.page_min.shape
-                    pmin = torch.full((Bq, G, st.num_pages, D), float("inf"), dtype=qs.page_min.dtype, device=dev)
-                    pmax = torch.full((Bq, G, st.num_pages, D), float("-inf"), dtype=qs.page_max.dtype, device=dev)
+                    # the GPU bounds kernel reads 16-bit summaries with tensor cores (fp32 ones on CUDA cores
+                    # spill registers: 86 vs 11 us per layer at 128K, bench/profile_decode_step.py); the min / max
+                    # of 16-bit keys are 16-bit values, so the cast loses nothing
+                    sdt = c.keys.dtype if st.gpu_select and c.keys.dtype in (torch.bfloat16, torch.float16) \
+                        else qs.page_min.dtype
+                    pmin = torch.full((Bq, G, st.num_pages, D), float("inf"), dtype=sdt, device=dev)
+                    pmax = torch.full((Bq, G, st.num_pages, D), float("-inf"), dtype=sdt, device=dev)
                     pmin[:, :, :P] = qs.page_min
                     pmax[:, :, :P] = qs.page_max
                     qs.page_min, qs.page_max = sl.pmin, sl.pmax = pmin, pmax
@@ -506,6 +511,7 @@ class SparseSession:
         for qs in self.quest_states.values():
             qs.seq_lens = qs.seq_lens + forwards
             qs.length += forwards
+            qs.page_min, qs.page_max = qs.page_min.float(), qs.page_max.float()   # QuestState keeps fp32
         self.step += forwards
         self.appended += forwards
         n = torch.tensor(active_steps, dtype=torch.long).view(-1)
