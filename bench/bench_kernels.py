@@ -383,17 +383,27 @@ QUEST_CONFIGS = [dict(block_n=bn, num_warps=4, num_stages=st, num_splits=ns)
                  for bn in (32, 64) for st in (2, 3, 4) for ns in (None, 16, 33, 66, 132)]
 
 
-def best_config(fn_of_cfg, configs):
-    best = (math.inf, None)
+def sweep(time_of_cfg, configs, best=(math.inf, None), label: str = "config"):
+    """Best (time, config) of ``time_of_cfg(cfg)`` over ``configs``, starting from ``best``; a configuration
+    that fails to compile or launch is reported and skipped."""
     for cfg in configs:
         try:
-            t = bench(lambda: fn_of_cfg(cfg), warmup=1, min_time=0.1, max_iters=10)
+            t = time_of_cfg(cfg)
         except Exception as exc:  # noqa: BLE001
-            print(f"    config {cfg} failed: {type(exc).__name__}: {str(exc)[:120]}")
+            print(f"    {label} {cfg} failed: {type(exc).__name__}: {str(exc)[:120]}")
             continue
         if t < best[0]:
             best = (t, cfg)
     return best
+
+
+def sweep_graph(fns_of_cfg, configs, best, label: str):
+    """:func:`sweep` timed with CUDA-graph replays (``bench_graph``) of ``fns_of_cfg(cfg)``."""
+    return sweep(lambda cfg: bench_graph(fns_of_cfg(cfg)), configs, best, f"{label} config")
+
+
+def best_config(fn_of_cfg, configs):
+    return sweep(lambda cfg: bench(lambda: fn_of_cfg(cfg), warmup=1, min_time=0.1, max_iters=10), configs)
 
 
 def section_block(res, args, dl, flex_c, dense_ms):
@@ -578,15 +588,8 @@ def section_quest(res, args, dl):
                 row[name + "_decode_error"] = f"{type(exc).__name__}: {exc}"[:160]
         best_cfg = {}
         if args.sweep:
-            best = (row["ours_dense_decode_us"], {})
-            for cfg in DECODE_CONFIGS:
-                try:
-                    t = bench_graph([lambda c=c, cfg=cfg: dense_decode(c[0], c[1], c[2], **cfg) for c in caches])
-                except Exception as exc:  # noqa: BLE001
-                    print(f"    decode config {cfg} failed: {type(exc).__name__}: {str(exc)[:120]}")
-                    continue
-                if t < best[0]:
-                    best = (t, cfg)
+            best = sweep_graph(lambda cfg: [lambda c=c: dense_decode(c[0], c[1], c[2], **cfg) for c in caches],
+                               DECODE_CONFIGS, (row["ours_dense_decode_us"], {}), "decode")
             row["ours_dense_decode_tuned_us"], row["decode_cfg"] = best
             best_cfg = best[1]
         dense_best = min(v for kk, v in row.items() if kk.endswith("_decode_us") and v)
@@ -617,16 +620,9 @@ def section_quest(res, args, dl):
                                                                 **best_cfg)
                 for c, st in zip(caches, states)])
             if share and args.sweep:   # the gathered attention's own launch sweep (few tokens per split)
-                best = (row[f"{tag}_attn_us"], dict(best_cfg))
-                for cfg in QUEST_CONFIGS:
-                    try:
-                        t = bench_graph([lambda c=c, s=s, cfg=cfg: quest_attention(c[0], c[1], c[2], s, **cfg)
-                                         for c, s in zip(caches, sels)])
-                    except Exception as exc:  # noqa: BLE001
-                        print(f"    quest config {cfg} failed: {type(exc).__name__}: {str(exc)[:120]}")
-                        continue
-                    if t < best[0]:
-                        best = (t, cfg)
+                best = sweep_graph(lambda cfg: [lambda c=c, s=s: quest_attention(c[0], c[1], c[2], s, **cfg)
+                                                for c, s in zip(caches, sels)],
+                                   QUEST_CONFIGS, (row[f"{tag}_attn_us"], dict(best_cfg)), "quest")
                 row["shared_attn_tuned_us"], row["quest_cfg"] = best
                 row["shared_attn_tuned_speedup_vs_dense"] = round(dense_best / best[0], 2)
             row[f"{tag}_attn_speedup_vs_dense"] = round(dense_best / row[f"{tag}_attn_us"], 2)
