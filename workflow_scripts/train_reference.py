@@ -478,9 +478,9 @@ def max_new_tokens(e: dict, task: str) -> int:
 
 
 class DenseEvaluator:
-    """Dense greedy accuracy of a model through the workflow's own inference path: a bf16 copy of the weights
-    (what is shipped) with sparse_kernels' attention and a dense :class:`SparseSession`, whose decode runs
-    from a static cache in a CUDA graph on a GPU. Plain HF generation spent ~30 s per probe of a training
+    """Dense greedy accuracy of a model through the workflow's own inference path: a copy of the weights (bf16
+    on a GPU, as shipped; fp32 on the CPU, where bf16 matmuls are slow) with sparse_kernels' attention and a
+    dense :class:`SparseSession`, whose decode runs from a static cache in a CUDA graph on a GPU. Plain HF generation spent ~30 s per probe of a training
     run (launch-bound decode steps), a fifth of the training budget at four probes. ``sync`` copies the
     current weights of the trained model into the copy."""
 
@@ -492,14 +492,15 @@ class DenseEvaluator:
         from sparse_kernels.hf import enable
         from sparse_kernels.hf.session import SparseSession
 
-        self.model = enable(copy.deepcopy(model).to(torch.bfloat16)).eval()
+        cuda = next(model.parameters()).device.type == "cuda"
+        self.model = enable(copy.deepcopy(model).to(torch.bfloat16 if cuda else torch.float32)).eval()
         self.session = SparseSession(None, None, executor="auto")
 
     def sync(self, model) -> None:
         import torch
 
         with torch.no_grad():
-            self.model.load_state_dict(model.state_dict())    # cast to bf16
+            self.model.load_state_dict(model.state_dict())    # cast to the copy's dtype
 
     def accuracy(self, tok, cls, samples, max_new_tokens: int, tokens_per_batch: int = 65536) -> float:
         """Mean score of ``cls`` over ``samples`` (batched, left padding)."""
