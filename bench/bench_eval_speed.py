@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sparse_kernels.hf.generate import greedy_generate  # noqa: E402
-from workflow_scripts.train_reference import DenseEvaluator, _probe_set, load_config, max_new_tokens  # noqa: E402
+from workflow_scripts.train_reference import (  # noqa: E402
+    DenseEvaluator, _probe_set, generation_accuracy, load_config, max_new_tokens)
 
 
 def main() -> None:
@@ -37,12 +38,9 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32).cuda()
     probes = _probe_set(cfg, tok)
 
-    def plain(cls, samples, n):
-        prompts = [tok(s.prompt, add_special_tokens=False)["input_ids"] for s in samples]
+    def plain_generate(prompts, n):
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            gen = greedy_generate(model, prompts, n, {tok.eos_token_id}, tok.pad_token_id)
-        return sum(cls.score(tok.decode(t, skip_special_tokens=True), s.gold)
-                   for s, t in zip(samples, gen.tokens)) / len(samples)
+            return greedy_generate(model, prompts, n, {tok.eos_token_id}, tok.pad_token_id)
 
     ev = DenseEvaluator(model)
     print(f"{torch.cuda.get_device_name()}; probes {list(probes)}")
@@ -55,7 +53,8 @@ def main() -> None:
             res = {}
             for spec, (cls, samples) in probes.items():
                 n = max_new_tokens(cfg["eval"], spec.split("@")[0])
-                res[spec] = round(plain(cls, samples, n) if name == "plain HF" else ev.accuracy(tok, cls, samples, n), 3)
+                res[spec] = round(generation_accuracy(plain_generate, tok, cls, samples, n) if name == "plain HF"
+                                  else ev.accuracy(tok, cls, samples, n), 3)
             torch.cuda.synchronize()
             print(f"rep {rep} {name:15s} {time.perf_counter() - t:6.2f} s {res}", flush=True)
 

@@ -477,12 +477,25 @@ def max_new_tokens(e: dict, task: str) -> int:
     return e.get("max_new_tokens_by_task", {}).get(task, e["max_new_tokens"])
 
 
+def generation_accuracy(generate, tok, cls, samples, max_new_tokens: int, tokens_per_batch: int = 65536) -> float:
+    """Mean score of task class ``cls`` over ``samples``, generated in batches (left padding) by
+    ``generate(prompts, max_new_tokens)`` (a :class:`GenerationOutput`)."""
+    prompts = [tok(s.prompt, add_special_tokens=False)["input_ids"] for s in samples]
+    bs = max(1, tokens_per_batch // max(len(p) + max_new_tokens for p in prompts))
+    scores = []
+    for b in range(0, len(samples), bs):
+        gen = generate(prompts[b:b + bs], max_new_tokens)
+        for s, toks in zip(samples[b:b + bs], gen.tokens):
+            scores.append(cls.score(tok.decode(toks, skip_special_tokens=True), s.gold))
+    return sum(scores) / len(scores)
+
+
 class DenseEvaluator:
     """Dense greedy accuracy of a model through the workflow's own inference path: a copy of the weights (bf16
     on a GPU, as shipped; fp32 on the CPU, where bf16 matmuls are slow) with sparse_kernels' attention and a
-    dense :class:`SparseSession`, whose decode runs from a static cache in a CUDA graph on a GPU. Plain HF generation spent ~30 s per probe of a training
-    run (launch-bound decode steps), a fifth of the training budget at four probes. ``sync`` copies the
-    current weights of the trained model into the copy."""
+    dense :class:`SparseSession`, whose decode runs from a static cache in a CUDA graph on a GPU. Plain HF
+    generation spent ~30 s per probe of a training run (launch-bound decode steps), a fifth of the training
+    budget at four probes. ``sync`` copies the current weights of the trained model into the copy."""
 
     def __init__(self, model):
         import copy
@@ -503,18 +516,13 @@ class DenseEvaluator:
             self.model.load_state_dict(model.state_dict())    # cast to the copy's dtype
 
     def accuracy(self, tok, cls, samples, max_new_tokens: int, tokens_per_batch: int = 65536) -> float:
-        """Mean score of ``cls`` over ``samples`` (batched, left padding)."""
+        """Mean score of ``cls`` over ``samples`` (:func:`generation_accuracy`)."""
         from sparse_kernels.hf.generate import greedy_generate
 
-        prompts = [tok(s.prompt, add_special_tokens=False)["input_ids"] for s in samples]
-        bs = max(1, tokens_per_batch // max(len(p) + max_new_tokens for p in prompts))
-        scores = []
-        for b in range(0, len(samples), bs):
-            gen = greedy_generate(self.model, prompts[b:b + bs], max_new_tokens, {tok.eos_token_id},
-                                  tok.pad_token_id, session=self.session)
-            for s, toks in zip(samples[b:b + bs], gen.tokens):
-                scores.append(cls.score(tok.decode(toks, skip_special_tokens=True), s.gold))
-        return sum(scores) / len(scores)
+        def generate(prompts, n):
+            return greedy_generate(self.model, prompts, n, {tok.eos_token_id}, tok.pad_token_id, session=self.session)
+
+        return generation_accuracy(generate, tok, cls, samples, max_new_tokens, tokens_per_batch)
 
 
 def evaluate(cfg: dict, e: dict, model, tok) -> list[dict]:

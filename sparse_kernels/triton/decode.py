@@ -215,7 +215,7 @@ def gathered_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, pages:
         srb, srh = rstart.stride(0), rstart.stride(1)
     else:
         raise ValueError("range_start must be [B] or [B, Hkv]")
-    max_tokens = (pages.shape[-1] * page_size if has_pages else 0) + (Lk if range_start is not None else 0)
+    max_tokens = (pages.shape[-1] * page_size if has_pages else 0) + (Lk if has_range else 0)
     rows = groups * Lq
     block_r = max(16, next_pow2(rows))
     block_d = max(16, next_pow2(D))
