@@ -4,7 +4,8 @@ import math
 
 import torch
 
-from workflow_scripts.train_reference import BestWeights, _collate, context_weights, length_weights, optimizer_step
+from workflow_scripts.train_reference import (BestWeights, WeightEMA, _collate, context_weights, length_weights,
+                                              optimizer_step)
 
 
 def _model_opt():
@@ -70,5 +71,28 @@ def test_best_weights_restores_the_best_probe_and_prefers_the_later_of_equal_sco
                 p.add_(1.0)                  # different weights at every probe
         snapshots[step] = [p.detach().clone() for p in model.parameters()]
         best.offer(model, score, step, float(step))
-    assert best.restore(model) == {"step": 40, "seconds": 40.0, "score": 0.9}
+    assert best.restore(model) == {"step": 40, "seconds": 40.0, "score": 0.9, "weights": "raw"}
     assert all(torch.equal(p.detach(), s) for p, s in zip(model.parameters(), snapshots[40]))
+
+
+def test_weight_ema_follows_the_hand_computed_average_and_applies_it_only_inside_the_context():
+    model, opt = _model_opt()
+    ema = WeightEMA(model, 0.9)
+    w0 = [p.detach().clone() for p in model.parameters()]
+    avg = [w.clone() for w in w0]
+    addresses = [p.data_ptr() for p in model.parameters()]
+    for n in range(1, 31):
+        optimizer_step(model, opt, model(torch.randn(5, 4)).square().mean())
+        ema.update()
+        d = min(0.9, (1 + n) / (10 + n))      # warm-up: the early average forgets the initial weights fast
+        avg = [d * a + (1 - d) * p.detach() for a, p in zip(avg, model.parameters())]
+    raw = [p.detach().clone() for p in model.parameters()]
+    assert not all(torch.allclose(a, r) for a, r in zip(avg, raw))
+    with ema.applied():
+        assert all(torch.allclose(p.detach(), a, atol=1e-6) for p, a in zip(model.parameters(), avg))
+        best = BestWeights()
+        best.offer(model, 0.5, 30, 1.0, "ema")
+    assert all(torch.equal(p.detach(), r) for p, r in zip(model.parameters(), raw))     # raw weights back
+    assert [p.data_ptr() for p in model.parameters()] == addresses    # in place (CUDA graphs keep their inputs)
+    assert best.restore(model)["weights"] == "ema"
+    assert all(torch.allclose(p.detach(), a, atol=1e-6) for p, a in zip(model.parameters(), avg))
