@@ -53,3 +53,20 @@ def test_invalid_config_names_the_key(workflow, tiny_model, name, mutate, needle
         assert needle in out, f"{needle!r} not in:\n{out[-3000:]}"
     assert not workflow.path("results").exists(), "no job may start on an invalid config"
     assert "Building DAG" not in out
+
+
+def test_tokenizer_folder_check_accepts_any_defining_file_and_names_the_key(tiny_model, tmp_path):
+    """A vocab.json + merges.txt folder (a byte-level BPE tokenizer without tokenizer.json) is a tokenizer; a
+    folder with only a chat template is not. Both checks (explicit ``tokenizer`` and the model folder) agree."""
+    from workflow_scripts.config import ConfigError, Study
+
+    bpe = tmp_path / "bpe"
+    bpe.mkdir()
+    (bpe / "vocab.json").write_text("{}")
+    (bpe / "merges.txt").write_text("#version: 0.2\n")
+    Study(_set(good_config(str(tiny_model)), "models.tiny.tokenizer", str(bpe)))    # accepted
+    template_only = tmp_path / "tpl"
+    template_only.mkdir()
+    (template_only / "chat_template.jinja").write_text("{{ messages }}")
+    with pytest.raises(ConfigError, match=r"models\.tiny\.tokenizer: no tokenizer files"):
+        Study(_set(good_config(str(tiny_model)), "models.tiny.tokenizer", str(template_only)))

@@ -113,6 +113,15 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
                    "vocab.json", "vocab.txt", "merges.txt")
 
 
+# Of those, the files that can define a tokenizer on their own (the rest only add to one).
+TOKENIZER_DEFINING_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "spiece.model", "vocab.json",
+                            "vocab.txt")
+
+
+def has_tokenizer_files(folder: Path) -> bool:
+    return folder.is_dir() and any((folder / f).is_file() for f in TOKENIZER_DEFINING_FILES)
+
+
 def tokenizer_fingerprint(folder: Path) -> str | None:
     """SHA-1 over the tokenizer files of ``folder`` (names and bytes) and config.json's model_type; None when
     the folder has no tokenizer file yet (e.g. a model the workflow builds itself)."""
@@ -255,12 +264,9 @@ class Study:
                     raise ConfigError(f"{key}.path: {m['path']!r} has no config.json (not a HF checkpoint)")
             tok = m.get("tokenizer")
             if tok is not None:
-                tpath = self.workdir / tok
-                if not tpath.is_dir() or not any((tpath / f).is_file() for f in
-                                                 ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+                if not has_tokenizer_files(self.workdir / tok):
                     raise ConfigError(f"{key}.tokenizer: no tokenizer files in {tok!r}")
-            elif not m.get("build") and not any((path / f).is_file() for f in
-                                                ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+            elif not m.get("build") and not has_tokenizer_files(path):
                 raise ConfigError(f"{key}.tokenizer: {m['path']!r} has no tokenizer files; set models.{name}.tokenizer")
 
     def _tokenizer_keys(self) -> tuple[dict[str, str], dict[str, str]]:
