@@ -75,3 +75,22 @@ def test_accelerated_methods_select_like_the_reference():
 
     snap = SnapKV(token_capacity=40, window=16, local_window=8, n_sinks=2, kernel_size=5)
     assert torch.equal(skt.accelerate(snap).compress(q, k, kpm).indices, snap.compress(q, k, kpm).indices)
+
+
+def test_triton_executor_session_runs_the_accelerated_selection():
+    """A session on the Triton executor swaps its methods for their GPU-selection versions (once: a second
+    batch keeps the same objects); the reference executor keeps the methods as given."""
+    from sparse_kernels.hf.session import SparseSession
+    from sparse_kernels.methods import Quest, VerticalSlash
+    from sparse_kernels.triton.methods import QuestGPU
+
+    vs, quest = VerticalSlash(vertical_size=8, slash_size=8, last_q=16), Quest(token_budget=32)
+    s = SparseSession(vs, quest, executor="triton")
+    s.begin(1, 40, None, 2, "cpu")
+    pre, dec = s.prefill_method, s.decode_method
+    assert type(pre).__name__ == "VerticalSlashGPU" and isinstance(dec, QuestGPU)
+    s.begin(1, 40, None, 2, "cpu")
+    assert s.prefill_method is pre and s.decode_method is dec
+    r = SparseSession(vs, quest, executor="reference")
+    r.begin(1, 40, None, 2, "cpu")
+    assert r.prefill_method is vs and r.decode_method is quest

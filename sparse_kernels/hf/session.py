@@ -272,7 +272,8 @@ class SparseSession:
     ``prefill``: a method with ``phase == "prefill"`` (``select(q, k, key_padding_mask, scale)``) or None;
     ``decode``: a method with ``phase`` ``"kv_compression"`` (``compress``) or ``"decode"`` (Quest:
     ``init_state`` / ``select``) or None; ``executor``: an :class:`Executor` or a name (``"auto"``: reference on
-    CPU, chunked torch on CUDA). ``hooks``: callables receiving an :class:`AttentionEvent` per layer call
+    CPU, chunked torch on CUDA; with ``"triton"`` the methods are swapped for their
+    :func:`sparse_kernels.triton.accelerate` versions, whose selection steps run on the GPU too). ``hooks``: callables receiving an :class:`AttentionEvent` per layer call
     (they force the regular decode path). ``fast_decode``: the session's default for
     ``greedy_generate(fast_decode=None)`` ("auto": static cache + CUDA graph on CUDA, regular path on CPU)."""
 
@@ -300,6 +301,11 @@ class SparseSession:
         """Reset for a new batch of prompts of padded ``length`` (left padding given by the mask)."""
         if self.executor is None:
             self.executor = make_executor(self._executor_spec, device)
+        if self.executor.name == "triton":    # the methods' selection steps on the GPU too (triton.methods)
+            from ..triton import accelerate
+
+            self.prefill_method = None if self.prefill_method is None else accelerate(self.prefill_method)
+            self.decode_method = None if self.decode_method is None else accelerate(self.decode_method)
         self.key_padding_mask = None if key_padding_mask is None else key_padding_mask.to(torch.bool)
         self.pad_offsets, self.seq_lens = padding_info(self.key_padding_mask, batch, length, device=device)
         self.batch, self.length = batch, length

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..budgets import paper_flexprefill
-from ._common import check_ratio, dense, diagonal_sums
+from ._common import check_ratio, dense
 from .vertical_slash import _VSBase
 
 
@@ -52,9 +52,8 @@ class FlexPrefill(_VSBase):
             return float(self.alpha), int(self.min_budget)
         return paper_flexprefill(n, self.ratio)
 
-    def _scores(self, p):
-        w = p.shape[1]
-        return p.mean(1), diagonal_sums(p) / w
+    def _from_sums(self, vsum, dsum, w):
+        return vsum / w, dsum / w
 
     def _counts(self, vertical, slash, n, w):
         alpha, min_budget = self.params(n)

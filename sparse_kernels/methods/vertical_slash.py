@@ -33,9 +33,14 @@ class _VSBase:
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def _from_sums(self, vsum: torch.Tensor, dsum: torch.Tensor, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Vertical and slash scores [H, n] from the window probabilities' column sums and diagonal sums
+        (:func:`diagonal_sums`) over the ``w`` window queries."""
+        raise NotImplementedError
+
     def _scores(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Vertical and slash scores from window probabilities p [H, w, n]."""
-        raise NotImplementedError
+        return self._from_sums(p.sum(1), diagonal_sums(p), p.shape[1])
 
     def select(self, q: torch.Tensor, k: torch.Tensor, key_padding_mask: torch.Tensor | None = None,
                scale: float | None = None) -> VerticalSlashSelection:
@@ -163,8 +168,8 @@ class VerticalSlash(_VSBase):
         c = paper_vs_counts(n, self.ratio)
         return c, c
 
-    def _scores(self, p):
-        return p.sum(1), diagonal_sums(p)
+    def _from_sums(self, vsum, dsum, w):
+        return vsum, dsum
 
     def _counts(self, vertical, slash, n, w):
         H = vertical.shape[0]

@@ -7,10 +7,11 @@ budgets) but runs the selection-side work with the Triton helpers:
   sync);
 * SnapKV / Ada-SnapKV: ``compress(q, k, key_padding_mask, scale)`` -> :func:`~.snapkv.snapkv_compress`
   (window scoring without materialising the [g, w, n] probabilities);
-* Vertical-Slash / FlexPrefill: the estimation stays the method's torch code, but the block index that the
-  paper's sparsity (``block_granular_sparsity``) and ``density_computed`` need is built by the GPU index
-  kernel (:func:`~.vertical_slash.vs_layout`) instead of the reference builder (a Python loop over the slash
-  count), and the layout is attached to the selection so the Triton executor reuses it;
+* Vertical-Slash / FlexPrefill: the estimation's column and diagonal sums come from
+  :func:`~.snapkv.vs_window_sums` (no [g, w, n] probabilities; the counts and top-k stay the method's code),
+  and the block index that the paper's sparsity (``block_granular_sparsity``) and ``density_computed`` need
+  is built by the GPU index kernel (:func:`~.vertical_slash.vs_layout`) instead of the reference builder (a
+  Python loop over the slash count); the layout is attached to the selection so the Triton executor reuses it;
 * Block-Sparse: unchanged (its selection is already batched torch code).
 
 The selections are the same objects the reference methods return (up to fp32 ties in the scores).
@@ -95,7 +96,13 @@ class SnapKVGPU(_Proxy):
 
 def _vs_class(base):
     class VSGPU(base):
-        """``base`` with the block index built on the GPU (see module docstring)."""
+        """``base`` with the estimation and the block index on the GPU (see module docstring)."""
+
+        def _row_scores(self, qr, kr, scale):
+            from .snapkv import vs_window_sums
+
+            vsum, dsum = vs_window_sums(qr, kr, self.last_q, scale)
+            return self._from_sums(vsum, dsum, min(self.last_q, qr.shape[1]))
 
         def _assemble(self, parts, lens, off, L):
             sel = VerticalSlashSelection(
@@ -106,6 +113,7 @@ def _vs_class(base):
             sel.paper_sparsity = sel.block_granular_sparsity()
             return sel
 
+    VSGPU.accelerated = True
     VSGPU.__name__ = base.__name__ + "GPU"
     return VSGPU
 
@@ -118,7 +126,7 @@ def accelerate(method):
     from ..methods.snapkv import SnapKV
     from ..methods.vertical_slash import _VSBase
 
-    if isinstance(method, _Proxy):
+    if isinstance(method, _Proxy) or getattr(method, "accelerated", False):
         return method
     if isinstance(method, Quest):
         return QuestGPU(method)

@@ -9,6 +9,12 @@ probability matrix:
    group's q heads for its keys and reduces them: SnapKV ``mean over heads, sum over queries``, Ada-SnapKV
    ``max over queries and heads``, or per-head sums. Each program owns its key tile: no atomics.
 
+3. ``_window_diag_kernel`` — Vertical-Slash / FlexPrefill slash scores: one program per (q head, tile of
+   diagonal offsets o = q_pos - k_pos) sums the window's probabilities along its diagonals. A query tile
+   meets the keys of a tile of offsets in one contiguous span (tile + window tile wide): one ``tl.dot``
+   scores the span and ``tl.gather`` reads each query row's diagonal out of it. No atomics, and no
+   [H, w, n] matrix (the torch estimation materialises one per GQA group: ~67 ms per layer at 128K).
+
 Pooling, forcing and top-k reuse the method's own torch code, so :func:`snapkv_compress` returns what
 ``method.compress`` returns (up to ties in fp32 rounding).
 """
@@ -21,7 +27,7 @@ import triton.language as tl
 
 from ..methods._common import avg_pool_scores, check_qk, resolve_scale, rows
 from ..selection import KVSelection, pad_stack
-from ._common import LOG2E, compute_dtype, dot_precision, next_pow2
+from ._common import LOG2E, dot_precision, next_pow2, prep
 
 MODE_MEAN_SUM = 0  # SnapKV: mean over the group's q heads, sum over window queries -> [Hkv, n]
 MODE_MAX = 1  # Ada-SnapKV: max over window queries and the group's q heads -> [Hkv, n]
@@ -109,47 +115,110 @@ def _window_score_kernel(Q, K, LSE, OUT,
         tl.store(OUT + kvh.to(tl.int64) * stride_oh + kpos * stride_on, grp, mask=k_ok)
 
 
-def window_scores(q_row: torch.Tensor, k_row: torch.Tensor, window: int, scale: float, mode: int = MODE_MEAN_SUM,
-                  block_m: int = 64, block_n: int = 64, chunk: int = 4096) -> torch.Tensor:
-    """Scores from the softmax of the last ``window`` queries of one row: q_row [H, n, D], k_row [Hkv, n, D]
-    (one row's real tokens). Returns [Hkv, n] (MODE_MEAN_SUM, MODE_MAX) or [H, n] (MODE_HEAD_SUM), fp32."""
+@triton.jit
+def _window_diag_kernel(Q, K, LSE, OUT,
+                        stride_qh, stride_qn, stride_qd, stride_kh, stride_kn, stride_kd,
+                        stride_oh, stride_on,
+                        N, W, D, GROUPS, qk_scale,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr):
+    # out[h, o] = sum over window queries i of p[h, i, q_pos(i) - o], for the offsets o of this tile.
+    ot = tl.program_id(0)
+    h = tl.program_id(1)
+    kvh = h // GROUPS
+    o0 = ot * BLOCK_N
+    offs_o = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+    span = tl.arange(0, BLOCK_M + BLOCK_N)
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for r0 in range(0, W, BLOCK_M):
+        offs_r = r0 + tl.arange(0, BLOCK_M)
+        r_ok = offs_r < W
+        qpos = N - W + offs_r
+        # the keys of (row i, offset o) are q_pos(i) - o: all of them lie in [s0, s0 + BLOCK_M + BLOCK_N - 1)
+        s0 = N - W + r0 - o0 - (BLOCK_N - 1)
+        if s0 + BLOCK_M + BLOCK_N > 0:          # some key of the span exists (keys >= 0)
+            kpos = s0 + span
+            k_ok = (kpos >= 0) & (kpos < N)
+            q = tl.load(Q + h.to(tl.int64) * stride_qh + qpos.to(tl.int64)[:, None] * stride_qn
+                        + offs_d[None, :] * stride_qd, mask=r_ok[:, None] & d_ok[None, :], other=0.0)
+            k = tl.load(K + kvh.to(tl.int64) * stride_kh + kpos.to(tl.int64)[:, None] * stride_kn
+                        + offs_d[None, :] * stride_kd, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
+            lse = tl.load(LSE + h.to(tl.int64) * W + offs_r, mask=r_ok, other=0.0)
+            qk = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+            p = tl.math.exp2(qk - lse[:, None])
+            p = tl.where(r_ok[:, None] & k_ok[None, :] & (kpos[None, :] <= qpos[:, None]), p, 0.0)
+            # row i, offset o0 + j sits at span column i - r0 - j + BLOCK_N - 1
+            col = (offs_r - r0)[:, None] - offs_o[None, :] + (BLOCK_N - 1)
+            acc += tl.sum(tl.gather(p, col, 1), 0)
+    o = o0 + offs_o
+    tl.store(OUT + h.to(tl.int64) * stride_oh + o * stride_on, acc, mask=o < N)
+
+
+def _window_prep(q_row: torch.Tensor, k_row: torch.Tensor, window: int):
+    """(q, k in the kernel dtype with a contiguous last dim, H, G, n, D, w) of one row."""
     H, n, D = q_row.shape
     G = k_row.shape[0]
     if H % G:
         raise ValueError("q heads must be a multiple of kv heads")
-    g = H // G
-    w = min(int(window), n)
-    dev = q_row.device
-    out_h = H if mode == MODE_HEAD_SUM else G
-    if n == 0:
-        return torch.zeros(out_h, 0, dtype=torch.float32, device=dev)
-    cdt = compute_dtype(q_row)
-    qc = q_row.to(cdt)
-    kc = k_row.to(cdt)
-    if qc.stride(-1) != 1:
-        qc = qc.contiguous()
-    if kc.stride(-1) != 1:
-        kc = kc.contiguous()
-    qk_scale = float(scale) * LOG2E
-    bd = max(16, next_pow2(D))
+    return prep(q_row), prep(k_row), H, G, n, D, min(int(window), n)
+
+
+def _window_lse(qc, kc, w: int, qk_scale: float, block_m: int, block_n: int, chunk: int) -> torch.Tensor:
+    """log2-sum-exp2 [H, w] of each window query's scaled scores over its keys (``_window_lse_kernel``
+    per key chunk, merged in torch)."""
+    H, n, D = qc.shape
     chunk = max(block_n, (int(chunk) // block_n) * block_n)
     nch = triton.cdiv(n, chunk)
-    nwt = triton.cdiv(w, block_m)
-    m_buf = torch.empty(H, nch, w, dtype=torch.float32, device=dev)
+    m_buf = torch.empty(H, nch, w, dtype=torch.float32, device=qc.device)
     l_buf = torch.empty_like(m_buf)
-    prec = dot_precision(cdt)
-    _window_lse_kernel[(nch, nwt, H)](
+    _window_lse_kernel[(nch, triton.cdiv(w, block_m), H)](
         qc, kc, m_buf, l_buf, qc.stride(0), qc.stride(1), qc.stride(2), kc.stride(0), kc.stride(1), kc.stride(2),
-        n, w, D, g, chunk, nch, qk_scale, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=bd, PREC=prec,
-        num_warps=4)
+        n, w, D, H // kc.shape[0], chunk, nch, qk_scale, BLOCK_M=block_m, BLOCK_N=block_n,
+        BLOCK_D=max(16, next_pow2(D)), PREC=dot_precision(qc.dtype), num_warps=4)
     mx = m_buf.amax(1, keepdim=True)
-    lse = (mx + torch.log2((l_buf * torch.exp2(m_buf - mx)).sum(1, keepdim=True))).squeeze(1).contiguous()
-    out = torch.empty(out_h, n, dtype=torch.float32, device=dev)
+    return (mx + torch.log2((l_buf * torch.exp2(m_buf - mx)).sum(1, keepdim=True))).squeeze(1).contiguous()
+
+
+def window_scores(q_row: torch.Tensor, k_row: torch.Tensor, window: int, scale: float, mode: int = MODE_MEAN_SUM,
+                  block_m: int = 64, block_n: int = 64, chunk: int = 4096) -> torch.Tensor:
+    """Scores from the softmax of the last ``window`` queries of one row: q_row [H, n, D], k_row [Hkv, n, D]
+    (one row's real tokens). Returns [Hkv, n] (MODE_MEAN_SUM, MODE_MAX) or [H, n] (MODE_HEAD_SUM), fp32."""
+    qc, kc, H, G, n, D, w = _window_prep(q_row, k_row, window)
+    out = torch.empty(H if mode == MODE_HEAD_SUM else G, n, dtype=torch.float32, device=q_row.device)
+    if n == 0:
+        return out
+    qk_scale = float(scale) * LOG2E
+    lse = _window_lse(qc, kc, w, qk_scale, block_m, block_n, chunk)
     _window_score_kernel[(triton.cdiv(n, block_n), G)](
         qc, kc, lse, out, qc.stride(0), qc.stride(1), qc.stride(2), kc.stride(0), kc.stride(1), kc.stride(2),
-        out.stride(0), out.stride(1), n, w, D, g, qk_scale,
-        MODE=mode, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=bd, PREC=prec, num_warps=4)
+        out.stride(0), out.stride(1), n, w, D, H // G, qk_scale,
+        MODE=mode, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, next_pow2(D)),
+        PREC=dot_precision(qc.dtype), num_warps=4)
     return out
+
+
+def vs_window_sums(q_row: torch.Tensor, k_row: torch.Tensor, window: int, scale: float, block_m: int = 64,
+                   block_n: int = 64, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Vertical-Slash estimation of one row on the GPU: (column sums, diagonal sums) [H, n] fp32 of the
+    softmax of the last ``window`` queries, i.e. ``window_probs(...).sum(1)`` and ``diagonal_sums(...)`` of
+    ``sparse_kernels.methods._common`` without the [H, w, n] probabilities."""
+    qc, kc, H, G, n, D, w = _window_prep(q_row, k_row, window)
+    vsum = torch.empty(H, n, dtype=torch.float32, device=q_row.device)
+    dsum = torch.empty_like(vsum)
+    if n == 0:
+        return vsum, dsum
+    qk_scale = float(scale) * LOG2E
+    lse = _window_lse(qc, kc, w, qk_scale, block_m, block_n, chunk)
+    args = (qc.stride(0), qc.stride(1), qc.stride(2), kc.stride(0), kc.stride(1), kc.stride(2))
+    bd, prec = max(16, next_pow2(D)), dot_precision(qc.dtype)
+    _window_score_kernel[(triton.cdiv(n, block_n), G)](
+        qc, kc, lse, vsum, *args, vsum.stride(0), vsum.stride(1), n, w, D, H // G, qk_scale,
+        MODE=MODE_HEAD_SUM, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=bd, PREC=prec, num_warps=4)
+    _window_diag_kernel[(triton.cdiv(n, block_n), H)](
+        qc, kc, lse, dsum, *args, dsum.stride(0), dsum.stride(1), n, w, D, H // G, qk_scale,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=bd, PREC=prec, num_warps=4)
+    return vsum, dsum
 
 
 def _mode_of(method) -> int:
@@ -193,4 +262,4 @@ def snapkv_compress(method, q: torch.Tensor, k: torch.Tensor, key_padding_mask: 
                        length=L, paper_sparsity=torch.stack(sps))
 
 
-__all__ = ["window_scores", "snapkv_token_scores", "snapkv_compress", "MODE_MEAN_SUM", "MODE_MAX", "MODE_HEAD_SUM"]
+__all__ = ["window_scores", "vs_window_sums", "snapkv_token_scores", "snapkv_compress", "MODE_MEAN_SUM", "MODE_MAX", "MODE_HEAD_SUM"]
