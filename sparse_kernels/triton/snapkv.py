@@ -71,6 +71,19 @@ def _window_lse_kernel(Q, K, M_OUT, L_OUT,
 
 
 @triton.jit
+def _window_probs_tile(Q, LSE, h, offs_r, qpos, r_ok, offs_d, d_ok, stride_qh, stride_qn, stride_qd,
+                       k, kpos, k_ok, W, qk_scale, PREC: tl.constexpr):
+    """Softmax probabilities [rows, keys] of q head ``h``'s window rows ``offs_r`` (positions ``qpos``) against
+    the loaded keys ``k`` (positions ``kpos``), given each row's log2-sum-exp2; 0 where masked or causal-cut."""
+    q = tl.load(Q + h.to(tl.int64) * stride_qh + qpos.to(tl.int64)[:, None] * stride_qn
+                + offs_d[None, :] * stride_qd, mask=r_ok[:, None] & d_ok[None, :], other=0.0)
+    lse = tl.load(LSE + h.to(tl.int64) * W + offs_r, mask=r_ok, other=0.0)
+    qk = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+    p = tl.math.exp2(qk - lse[:, None])
+    return tl.where(r_ok[:, None] & k_ok[None, :] & (kpos[None, :] <= qpos[:, None]), p, 0.0)
+
+
+@triton.jit
 def _window_score_kernel(Q, K, LSE, OUT,
                          stride_qh, stride_qn, stride_qd, stride_kh, stride_kn, stride_kd,
                          stride_oh, stride_on,
@@ -93,12 +106,8 @@ def _window_score_kernel(Q, K, LSE, OUT,
             offs_r = r0 + tl.arange(0, BLOCK_M)
             r_ok = offs_r < W
             qpos = N - W + offs_r
-            q = tl.load(Q + h.to(tl.int64) * stride_qh + qpos.to(tl.int64)[:, None] * stride_qn
-                        + offs_d[None, :] * stride_qd, mask=r_ok[:, None] & d_ok[None, :], other=0.0)
-            lse = tl.load(LSE + h.to(tl.int64) * W + offs_r, mask=r_ok, other=0.0)
-            qk = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-            p = tl.math.exp2(qk - lse[:, None])
-            p = tl.where(r_ok[:, None] & k_ok[None, :] & (kpos[None, :] <= qpos[:, None]), p, 0.0)
+            p = _window_probs_tile(Q, LSE, h, offs_r, qpos, r_ok, offs_d, d_ok, stride_qh, stride_qn, stride_qd,
+                                   k, kpos, k_ok, W, qk_scale, PREC)
             if MODE == 1:
                 acc = tl.maximum(acc, tl.max(p, 0))
             else:
@@ -140,14 +149,10 @@ def _window_diag_kernel(Q, K, LSE, OUT,
         if s0 + BLOCK_M + BLOCK_N > 0:          # some key of the span exists (keys >= 0)
             kpos = s0 + span
             k_ok = (kpos >= 0) & (kpos < N)
-            q = tl.load(Q + h.to(tl.int64) * stride_qh + qpos.to(tl.int64)[:, None] * stride_qn
-                        + offs_d[None, :] * stride_qd, mask=r_ok[:, None] & d_ok[None, :], other=0.0)
             k = tl.load(K + kvh.to(tl.int64) * stride_kh + kpos.to(tl.int64)[:, None] * stride_kn
                         + offs_d[None, :] * stride_kd, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
-            lse = tl.load(LSE + h.to(tl.int64) * W + offs_r, mask=r_ok, other=0.0)
-            qk = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-            p = tl.math.exp2(qk - lse[:, None])
-            p = tl.where(r_ok[:, None] & k_ok[None, :] & (kpos[None, :] <= qpos[:, None]), p, 0.0)
+            p = _window_probs_tile(Q, LSE, h, offs_r, qpos, r_ok, offs_d, d_ok, stride_qh, stride_qn, stride_qd,
+                                   k, kpos, k_ok, W, qk_scale, PREC)
             # row i, offset o0 + j sits at span column i - r0 - j + BLOCK_N - 1
             col = (offs_r - r0)[:, None] - offs_o[None, :] + (BLOCK_N - 1)
             acc += tl.sum(tl.gather(p, col, 1), 0)
@@ -217,7 +222,7 @@ def vs_window_sums(q_row: torch.Tensor, k_row: torch.Tensor, window: int, scale:
         MODE=MODE_HEAD_SUM, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=bd, PREC=prec, num_warps=4)
     _window_diag_kernel[(triton.cdiv(n, block_n), H)](
         qc, kc, lse, dsum, *args, dsum.stride(0), dsum.stride(1), n, w, D, H // G, qk_scale,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=bd, PREC=prec, num_warps=4)
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=bd, PREC=prec, num_warps=8)   # 4 warps spill (sm_90)
     return vsum, dsum
 
 
