@@ -154,8 +154,9 @@ def tiny_params(name: str, L: int) -> dict:
     return {}
 
 
-def make_cell(name: str, L: int, ratio: float, executor: str, gpu_selection: bool, tiny: bool):
-    """(session or None, fast_decode option) of a configuration name."""
+def make_cell(name: str, L: int, ratio: float, executor: str, tiny: bool):
+    """(session or None, fast_decode option) of a configuration name. On the Triton executor the session runs
+    the methods' selection steps on the GPU too (``sparse_kernels.triton.accelerate``)."""
     from sparse_kernels.hf.build import make_session
     from sparse_kernels.hf.session import SparseSession
     from sparse_kernels.methods import build_method
@@ -164,7 +165,7 @@ def make_cell(name: str, L: int, ratio: float, executor: str, gpu_selection: boo
     if name in VARIANTS:
         name, fast, override = VARIANTS[name]
         if override:
-            executor, gpu_selection = override, False
+            executor = override
     if name == "hf_sdpa":
         return None, False
     method = "quest" if name.startswith("quest") else name
@@ -177,13 +178,6 @@ def make_cell(name: str, L: int, ratio: float, executor: str, gpu_selection: boo
     else:
         params = {"share_pages": True} if name == "quest_shared" else None
         session = make_session(method, ratio, params=params, nominal_length=NOMINAL.get(L, L), executor=executor)
-    if gpu_selection:
-        from sparse_kernels.triton import accelerate
-
-        if session.prefill_method is not None:
-            session.prefill_method = accelerate(session.prefill_method)
-        if session.decode_method is not None:
-            session.decode_method = accelerate(session.decode_method)
     return session, fast
 
 
@@ -205,7 +199,7 @@ def run_config(model, name: str, L: int, args, tiny: bool, new_tokens: int, seed
     g = torch.Generator().manual_seed(seed + L)
     vocab = model.config.vocab_size
     prompts = [torch.randint(10, max(11, vocab - 100), (L,), generator=g).tolist() for _ in range(args.batch)]
-    session, fast = make_cell(name, L, args.ratio, args.executor, args.gpu_selection, tiny)
+    session, fast = make_cell(name, L, args.ratio, args.executor, tiny)
     if fast == "graph" and args.fast_decode != "graph":
         fast = {"eager": "eager", "off": False}[args.fast_decode]
     cuda = DEV == "cuda"
@@ -367,8 +361,8 @@ def markdown(res) -> str:
     a = res["args"]
     what = "tiny CPU smoke run" if a.get("tiny") else "random-weight Qwen2.5-7B architecture, bf16"
     md = [f"# End-to-end benchmark ({what}, batch {a['batch']})", "",
-          f"device {res['device']}; {res['versions']}; executor {a['executor']}; gpu selection "
-          f"{a['gpu_selection']}; fast decode {a['fast_decode']}; {a['new_tokens']} new tokens; ratio {a['ratio']}; "
+          f"device {res['device']}; {res['versions']}; executor {a['executor']} (triton: selection on the GPU "
+          f"too); fast decode {a['fast_decode']}; {a['new_tokens']} new tokens; ratio {a['ratio']}; "
           f"wall {res.get('wall_s')} s; model build {res.get('model_build_s')} s; "
           f"weights {res.get('weights_GiB')} GiB; "
           f"HBM copy bandwidth {res.get('hbm_TBps')} TB/s", "",
@@ -437,8 +431,6 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--new-tokens", type=int, default=24)
     ap.add_argument("--executor", default=None, help="triton | torch | reference (default triton; --tiny: reference)")
-    ap.add_argument("--gpu-selection", default=None, choices=["on", "off"],
-                    help="wrap methods with sparse_kernels.triton.accelerate (default: on with --executor triton)")
     ap.add_argument("--fast-decode", default="graph", choices=["graph", "eager", "off"],
                     help="decode path of our configurations (hf_sdpa always decodes with HF's DynamicCache)")
     ap.add_argument("--layers", type=int, default=None, help="fewer layers (smoke runs)")
@@ -459,7 +451,6 @@ def main(argv=None) -> int:
         print("CUDA is required (or --tiny)")
         return 2
     args.executor = args.executor or "triton"
-    args.gpu_selection = (args.executor == "triton") if args.gpu_selection is None else args.gpu_selection == "on"
     lengths = [int(x) for x in (args.lengths or ("192,320" if args.tiny else "128000,32768,65536")).split(",") if x]
     methods = [m for m in args.methods.split(",") if m]
     variants = [v for v in args.variants.split(",") if v]

@@ -37,7 +37,7 @@ def kernel_times(model, name: str, length: int, new_tokens: int, args) -> dict[s
 
     g = torch.Generator().manual_seed(length)
     prompt = torch.randint(10, model.config.vocab_size - 100, (length,), generator=g).tolist()
-    session, _ = e2e.make_cell(name, length, args.ratio, args.executor, args.gpu_selection, args.tiny)
+    session, _ = e2e.make_cell(name, length, args.ratio, args.executor, args.tiny)
     cuda = e2e.DEV == "cuda"
     act = [ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
     with profile(activities=act) as prof:
@@ -69,7 +69,6 @@ def main(argv=None) -> int:
         print("CUDA is required (or --tiny)")
         return 2
     args.executor = "reference" if args.tiny else "triton"
-    args.gpu_selection = not args.tiny
     model = e2e.build_model(args.tiny, args.layers)
     layers = model.config.num_hidden_layers
     unit = "GPU" if e2e.DEV == "cuda" else "CPU (self time of aten ops)"
