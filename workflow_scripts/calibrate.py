@@ -58,9 +58,12 @@ def generate_calibration_data(spec: dict) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------- statistics
-def collect_scores(model, prompts_by_task: dict[str, list[list[int]]], methods_by_task: dict) -> dict[str, list]:
+def collect_scores(model, prompts_by_task: dict[str, list[list[int]]], methods_by_task: dict,
+                   on_device: bool = False) -> dict[str, list]:
     """{task: [(vscore [H, n], sscore [H, n]) per (sample, layer)]} from the model's dense prefill: each
-    task's method instance computes its own statistics (its estimation window may be task-dependent)."""
+    task's method instance computes its own statistics (its estimation window may be task-dependent).
+    The scores go to the CPU unless ``on_device`` (then a :class:`DensityModel` with ``accelerated``
+    evaluates settings on the GPU)."""
     from sparse_kernels.hf.generate import greedy_generate
     from sparse_kernels.hf.session import SparseSession
 
@@ -73,7 +76,8 @@ def collect_scores(model, prompts_by_task: dict[str, list[list[int]]], methods_b
             if ev.phase == "prefill":
                 for b in range(ev.q.shape[0]):
                     v, s = method.row_scores(ev.q[b], ev.k[b], ev.scale)
-                    rows.append((v.float().cpu(), s.float().cpu()))
+                    v, s = v.float(), s.float()
+                    rows.append((v, s) if on_device else (v.cpu(), s.cpu()))
 
         session = SparseSession(None, None, executor="auto", hooks=[hook])
         for p in prompts:
@@ -85,8 +89,10 @@ def collect_scores(model, prompts_by_task: dict[str, list[list[int]]], methods_b
 class DensityModel:
     """Realized density (``density_computed``, mean over samples x layers x heads) of a setting."""
 
-    def __init__(self, method: str, scores: dict[str, list], params_by_task: dict[str, dict]):
+    def __init__(self, method: str, scores: dict[str, list], params_by_task: dict[str, dict],
+                 accelerated: bool = False):
         self.method = method
+        self.accelerated = accelerated       # the methods' GPU selection (block index kernel) for GPU scores
         self.scores = scores
         self.params = params_by_task
         self.memo: dict[tuple, float] = {}
@@ -98,7 +104,12 @@ class DensityModel:
         params = dict(self.params[task])
         if self.method == "flexprefill":
             params.pop("min_budget", None)
-        return build_one(self.method, 2.0, params, None, calibrated=setting)
+        m = build_one(self.method, 2.0, params, None, calibrated=setting)
+        if self.accelerated:
+            from sparse_kernels.triton import accelerate
+
+            m = accelerate(m)
+        return m
 
     def __call__(self, **setting) -> float:
         key = tuple(sorted(setting.items()))
