@@ -381,6 +381,8 @@ DECODE_CONFIGS = [dict(block_n=bn, num_warps=w, num_stages=s) for bn in (32, 64,
 # Quest's gathered attention reads ~1/10 of the cache: fewer tokens per split, so also fewer / more splits
 QUEST_CONFIGS = [dict(block_n=bn, num_warps=4, num_stages=st, num_splits=ns)
                  for bn in (32, 64) for st in (2, 3, 4) for ns in (None, 16, 33, 66, 132)]
+# Quest's fused top-k (one program per list): digits per radix pass and warps
+TOPK_CONFIGS = [dict(radix_bits=r, num_warps=w) for r in (2, 4, 8) for w in (4, 8, 16, 32)]
 
 
 def sweep(time_of_cfg, configs, best=(math.inf, None), label: str = "config"):
@@ -623,6 +625,20 @@ def section_quest(res, args, dl):
                 lambda c=c, st=st, quest=quest: quest_attention(c[0], c[1], c[2], quest_select(quest, st, c[0]),
                                                                 **best_cfg)
                 for c, st in zip(caches, states)])
+            if share:                  # the fused top-k alone on the static step's candidates, and torch.topk
+                from sparse_kernels.triton.quest import topk_pages
+
+                cur = torch.tensor([L // p - 1], device=DEV)     # the newest page: the static step's limit
+                cands = [page_bounds(st.page_min, st.page_max, c[0], True, limit=cur, group_rows=True)
+                         for c, st in zip(caches, states)]
+                kp = T // p + 1
+                row["shared_topk_us"] = bench_graph([lambda x=x: topk_pages(x, kp) for x in cands])
+                row["shared_torch_topk_us"] = bench_graph([lambda x=x: torch.topk(x, kp, -1, sorted=False)
+                                                           for x in cands])
+                if args.sweep:
+                    row["shared_topk_tuned_us"], row["topk_cfg"] = sweep_graph(
+                        lambda cfg: [lambda x=x: topk_pages(x, kp, **cfg) for x in cands], TOPK_CONFIGS,
+                        (row["shared_topk_us"], {}), "top-k")
             if share and args.sweep:   # the gathered attention's own launch sweep (few tokens per split)
                 best = sweep_graph(lambda cfg: [lambda c=c, s=s: quest_attention(c[0], c[1], c[2], s, **cfg)
                                                 for c, s in zip(caches, sels)],
@@ -816,6 +832,9 @@ def markdown(res):
                                        ("x dense", "perhead_attn_speedup_vs_dense", 2),
                                        ("per-head step us", "perhead_step_us", 1),
                                        ("shared select us", "shared_select_us", 1),
+                                       ("shared top-k us", "shared_topk_us", 1),
+                                       ("tuned top-k us", "shared_topk_tuned_us", 1),
+                                       ("torch.topk us", "shared_torch_topk_us", 1),
                                        ("shared attn us", "shared_attn_us", 1),
                                        ("x dense (>=5 at 128K)", "shared_attn_speedup_vs_dense", 2),
                                        ("shared attn tuned us", "shared_attn_tuned_us", 1),

@@ -90,8 +90,8 @@ def _topk_pages_reference(x, k, k_row=None, limit=None, drop_neg_inf=False, widt
     return out, cnt
 
 
-@pytest.mark.parametrize("block", [16, 256])
-def test_topk_pages_matches_a_plain_sort(block):
+@pytest.mark.parametrize("block,radix_bits", [(16, 8), (256, 8), (64, 4), (256, 2), (32, 4)])
+def test_topk_pages_matches_a_plain_sort(block, radix_bits):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 3, 53, generator=g) * 100
     x[0, 0, 40:] = float("-inf")                                           # empty pages
@@ -104,7 +104,7 @@ def test_topk_pages_matches_a_plain_sort(block):
              dict(k=12, k_row=torch.tensor([3, 40])), dict(k=15, limit=torch.tensor([30, 7]), drop_neg_inf=True),
              dict(k=15, k_row=torch.tensor([15, 0]), limit=torch.tensor([53, 60]), drop_neg_inf=True, width=16)]
     for c in cases:
-        got, cnt = topk_pages(x, block=block, **c)
+        got, cnt = topk_pages(x, block=block, radix_bits=radix_bits, **c)
         want, wcnt = _topk_pages_reference(x, **c)
         assert torch.equal(cnt, wcnt), c
         assert torch.equal(got, want), c

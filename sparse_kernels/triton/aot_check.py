@@ -133,8 +133,12 @@ def main(argv=None) -> int:
         for krow, lim in ((False, False), (True, True)):
             ok &= compile_kernel(quest._topk_pages_kernel, {"X": "*fp32", "KROW": "*i32", "LIMIT": "*i32",
                                                             "OUT": "*i32", "CNT": "*i32"},
-                                 dict(BLOCK=8192, HAS_KROW=krow, HAS_LIMIT=lim, DROP_NEG_INF=lim), arch, 16, 3,
-                                 f"quest top-k pages k_row={krow} limit={lim}")
+                                 dict(BLOCK=8192, HAS_KROW=krow, HAS_LIMIT=lim, DROP_NEG_INF=lim, RADIX=8), arch, 16,
+                                 3, f"quest top-k pages k_row={krow} limit={lim}")
+        ok &= compile_kernel(quest._topk_pages_kernel, {"X": "*fp32", "KROW": "*i32", "LIMIT": "*i32", "OUT": "*i32",
+                                                        "CNT": "*i32"},
+                             dict(BLOCK=8192, HAS_KROW=True, HAS_LIMIT=True, DROP_NEG_INF=True, RADIX=4), arch, 16, 3,
+                             "quest top-k pages, 4-bit radix")
     if "snapkv" in only:
         ok &= compile_kernel(snapkv._window_lse_kernel, {"Q": p, "K": p, "M_OUT": "*fp32", "L_OUT": "*fp32",
                                                          "qk_scale": "fp32"},

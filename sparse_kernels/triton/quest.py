@@ -101,10 +101,10 @@ def _topk_pages_kernel(X, KROW, LIMIT, OUT, CNT,
                        stride_xb, stride_xs, stride_xp, stride_ob, stride_os, stride_op,
                        S, P, K, W,
                        BLOCK: tl.constexpr, HAS_KROW: tl.constexpr, HAS_LIMIT: tl.constexpr,
-                       DROP_NEG_INF: tl.constexpr):
-    # One program per (batch row, list): radix select of the k-th largest key (4 passes of 8 bits over the
-    # row, each a 256-bin histogram of the keys that share the prefix found so far), then one pass in page
-    # order that writes the chosen pages ascending (ties at the threshold: the lowest pages), -1 after them.
+                       DROP_NEG_INF: tl.constexpr, RADIX: tl.constexpr):
+    # One program per (batch row, list): radix select of the k-th largest key (32 / RADIX passes of RADIX bits
+    # over the row, each a 2^RADIX-bin histogram of the keys that share the prefix found so far), then one pass
+    # in page order that writes the chosen pages ascending (ties at the threshold: the lowest pages), -1 after.
     pid = tl.program_id(0)
     b = pid // S
     s = pid % S
@@ -117,20 +117,20 @@ def _topk_pages_kernel(X, KROW, LIMIT, OUT, CNT,
     if HAS_LIMIT:  # entries at or after limit[b] count as -inf
         lim = tl.load(LIMIT + b)
     offs = tl.arange(0, BLOCK)
-    bins = tl.arange(0, 256)
+    bins = tl.arange(0, 1 << RADIX)
     prefix = kk * 0          # digits of the threshold found so far, in the unsigned-order key (key ^ sign bit)
     need = kk                # how many of the keys that share the prefix are still to be taken
-    for i in tl.static_range(4):
-        shift = 24 - 8 * i      # a compile-time int (not annotated: an annotated constexpr cannot be reassigned)
-        hist = tl.zeros([256], dtype=tl.int32)
+    for i in tl.static_range(32 // RADIX):
+        shift = 32 - RADIX * (i + 1)   # a compile-time int (not annotated: an annotated constexpr cannot be reassigned)
+        hist = tl.zeros([1 << RADIX], dtype=tl.int32)
         for c in range(0, P, BLOCK):
             p = c + offs
             ok = p < P
             x = tl.load(x_row + p * stride_xp, mask=ok, other=0.0)
             u = _sortable_key(tl.where(p < lim, x, float("-inf"))) ^ (-2147483648)
-            if shift < 24:
-                ok = ok & ((u >> (shift + 8)) == (prefix >> (shift + 8)))
-            hist += tl.histogram((u >> shift) & 255, 256, mask=ok)
+            if shift < 32 - RADIX:
+                ok = ok & ((u >> (shift + RADIX)) == (prefix >> (shift + RADIX)))
+            hist += tl.histogram((u >> shift) & ((1 << RADIX) - 1), 1 << RADIX, mask=ok)
         ge = tl.sum(hist, 0) - tl.cumsum(hist, 0) + hist          # keys with this digit or a larger one
         digit = tl.max(tl.where(ge >= need, bins, 0), 0)
         need -= tl.sum(tl.where(bins > digit, hist, 0), 0)
@@ -160,16 +160,17 @@ def _topk_pages_kernel(X, KROW, LIMIT, OUT, CNT,
 
 
 def topk_pages(x: torch.Tensor, k: int, k_row: torch.Tensor | None = None, *, limit: torch.Tensor | None = None,
-               drop_neg_inf: bool = False, width: int | None = None,
-               block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               drop_neg_inf: bool = False, width: int | None = None, block: int | None = None,
+               radix_bits: int = 8, num_warps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` largest entries of each row of x [B, S, P] (fp32) as page ids **in ascending order**, in one
     kernel (radix select + ordered compaction) instead of ``torch.topk`` + sort: (pages [B, S, width] int32,
     -1 after the chosen ones; counts [B, S] int32). Ties at the threshold take the lowest pages.
 
     ``k_row`` [B] (device): row b takes ``min(k_row[b], k)``; ``limit`` [B] (device): entries at or after
     ``limit[b]`` count as ``-inf`` (Quest: pages from the current one on); ``drop_neg_inf``: ``-inf`` entries are never
-    taken (fewer than k then); ``width`` >= k (default k) pads the lists with -1. No host sync, static
-    shapes: CUDA-graph capturable."""
+    taken (fewer than k then); ``width`` >= k (default k) pads the lists with -1. ``radix_bits`` (2, 4 or 8)
+    and ``num_warps``: launch variants for the sweep in ``bench/bench_kernels.py`` (same result). No host sync,
+    static shapes: CUDA-graph capturable."""
     if x.dim() != 3:
         raise ValueError("x must be [B, S, P]")
     B, S, P = x.shape
@@ -177,6 +178,8 @@ def topk_pages(x: torch.Tensor, k: int, k_row: torch.Tensor | None = None, *, li
     width = k if width is None else int(width)
     if width < k:
         raise ValueError("width must be >= k")
+    if radix_bits not in (2, 4, 8):
+        raise ValueError("radix_bits must be 2, 4 or 8")
     xf = x.to(torch.float32)
     out = torch.empty(B, S, width, dtype=torch.int32, device=x.device)
     cnt = torch.empty(B, S, dtype=torch.int32, device=x.device)
@@ -187,8 +190,8 @@ def topk_pages(x: torch.Tensor, k: int, k_row: torch.Tensor | None = None, *, li
     lim = i32(limit.to(x.device)) if limit is not None else cnt
     _topk_pages_kernel[(B * S,)](xf, krow, lim, out, cnt, *xf.stride(), *out.stride(), S, P, k, width,
                                  BLOCK=block, HAS_KROW=k_row is not None, HAS_LIMIT=limit is not None,
-                                 DROP_NEG_INF=bool(drop_neg_inf),
-                                 num_warps=max(4, min(16, block // 512)))
+                                 DROP_NEG_INF=bool(drop_neg_inf), RADIX=int(radix_bits),
+                                 num_warps=num_warps or max(4, min(16, block // 512)))
     return out, cnt
 
 
