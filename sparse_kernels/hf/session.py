@@ -274,8 +274,9 @@ class SparseSession:
     ``init_state`` / ``select``) or None; ``executor``: an :class:`Executor` or a name (``"auto"``: reference on
     CPU, chunked torch on CUDA; with ``"triton"`` the methods are swapped for their
     :func:`sparse_kernels.triton.accelerate` versions, whose selection steps run on the GPU too). ``hooks``:
-    callables receiving an :class:`AttentionEvent` per layer call (they force the regular decode path). ``fast_decode``: the session's default for
-    ``greedy_generate(fast_decode=None)`` ("auto": static cache + CUDA graph on CUDA, regular path on CPU)."""
+    callables receiving an :class:`AttentionEvent` per layer call (they force the regular decode path).
+    ``fast_decode``: the session's default for ``greedy_generate(fast_decode=None)`` ("auto": static cache +
+    CUDA graph on CUDA, regular path on CPU)."""
 
     def __init__(self, prefill=None, decode=None, executor: Executor | str | None = "auto",
                  hooks: list[Callable[[AttentionEvent], None]] | None = None, fast_decode: bool | str = "auto"):
