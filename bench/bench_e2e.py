@@ -68,8 +68,8 @@ QWEN25_7B = dict(
 # --tiny: same code paths on the CPU (fp32, Triton interpreter or reference executor); not a benchmark
 TINY = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=1, head_dim=16,
             vocab_size=1000, num_hidden_layers=2, max_window_layers=2)
-METHODS = ("hf_sdpa", "dense", "vertical_slash", "vertical_slash_calibrated", "flexprefill", "block_sparse", "quest", "quest_shared", "snapkv",
-           "ada_snapkv")
+METHODS = ("hf_sdpa", "dense", "vertical_slash", "vertical_slash_calibrated", "flexprefill", "block_sparse", "quest",
+           "quest_shared", "snapkv", "ada_snapkv")
 # decode variants: (base configuration, fast_decode, executor override); the *_torch ones are the workflow's
 # default on CUDA (executor "auto" = torch, methods not accelerated), also through the CUDA graph
 VARIANTS = {"dense_eager": ("dense", "eager", None), "dense_regular": ("dense", False, None),
@@ -146,7 +146,7 @@ def build_model(tiny: bool, layers: int | None = None):
 
 def tiny_params(name: str, L: int) -> dict:
     """Explicit budgets at ~10x for the tiny CPU run (the paper's tables exist only for 16K-128K)."""
-    if name == "vertical_slash":
+    if name.startswith("vertical_slash"):
         return dict(vertical_size=max(4, L // 10), slash_size=max(4, L // 10), last_q=32, n_local=16, block_size=32)
     if name == "flexprefill":
         return dict(alpha=0.1, min_budget=16, last_q=32, n_local=16, block_size=32)
@@ -177,7 +177,7 @@ def make_cell(name: str, L: int, ratio: float, executor: str, tiny: bool, calibr
     if name == "dense":
         session = SparseSession(None, None, executor=executor)
     elif tiny:
-        m = build_method(method, **{**tiny_params(method if method == "vertical_slash" else name, L), **(calibrated or {})})
+        m = build_method(method, **{**tiny_params(name, L), **(calibrated or {})})
         session = SparseSession(m if m.phase == "prefill" else None, None if m.phase == "prefill" else m,
                                 executor=executor)
     else:
@@ -187,7 +187,8 @@ def make_cell(name: str, L: int, ratio: float, executor: str, tiny: bool, calibr
     return session, fast
 
 
-def calibrate_vs(model, prompt: list[int], L: int, ratio: float, tiny: bool, tol: float = 0.05) -> tuple[dict, dict]:
+def calibrate_vs(model, prompt: list[int], L: int, ratio: float, tiny: bool,
+                 tol: float = 0.05) -> tuple[dict, dict]:
     """(setting, record) of ``vertical_slash_calibrated``: the workflow's calibration of verticals = slashes to a
     computed density of 1 / ratio on this model and prompt (scores and the density evaluation on the GPU)."""
     from sparse_kernels.hf.build import build_one
@@ -201,7 +202,7 @@ def calibrate_vs(model, prompt: list[int], L: int, ratio: float, tiny: bool, tol
     probe = build_one("vertical_slash", 2.0, params, None, calibrated={"vertical_size": 1, "slash_size": 1})
     scores = collect_scores(model, {"bench": [prompt]}, {"bench": accelerate(probe) if cuda else probe},
                             on_device=cuda)
-    res = solve_vertical_slash(DensityModel("vertical_slash", scores, {"bench": params}, accelerated=cuda), ratio, tol)
+    res = solve_vertical_slash(DensityModel("vertical_slash", scores, {"bench": params}), ratio, tol)
     del scores
     rec = {"calibrated_setting": res["setting"], "calibrated_density": round(res["density"], 4),
            "calibration_s": round(time.perf_counter() - t0, 2), "calibration_evaluations": res["evaluations"]}

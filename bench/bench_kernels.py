@@ -639,12 +639,12 @@ def section_quest(res, args, dl):
                     row["shared_topk_tuned_us"], row["topk_cfg"] = sweep_graph(
                         lambda cfg: [lambda x=x: topk_pages(x, kp, **cfg) for x in cands], TOPK_CONFIGS,
                         (row["shared_topk_us"], {}), "top-k")
-            if share and args.sweep:   # the gathered attention's own launch sweep (few tokens per split)
-                best = sweep_graph(lambda cfg: [lambda c=c, s=s: quest_attention(c[0], c[1], c[2], s, **cfg)
-                                                for c, s in zip(caches, sels)],
-                                   QUEST_CONFIGS, (row[f"{tag}_attn_us"], dict(best_cfg)), "quest")
-                row["shared_attn_tuned_us"], row["quest_cfg"] = best
-                row["shared_attn_tuned_speedup_vs_dense"] = round(dense_best / best[0], 2)
+                    # the gathered attention's own launch sweep (few tokens per split)
+                    best = sweep_graph(lambda cfg: [lambda c=c, s=s: quest_attention(c[0], c[1], c[2], s, **cfg)
+                                                    for c, s in zip(caches, sels)],
+                                       QUEST_CONFIGS, (row[f"{tag}_attn_us"], dict(best_cfg)), "quest")
+                    row["shared_attn_tuned_us"], row["quest_cfg"] = best
+                    row["shared_attn_tuned_speedup_vs_dense"] = round(dense_best / best[0], 2)
             row[f"{tag}_attn_speedup_vs_dense"] = round(dense_best / row[f"{tag}_attn_us"], 2)
             row[f"{tag}_step_speedup_vs_dense"] = round(dense_best / row[f"{tag}_step_us"], 2)
             if not share:

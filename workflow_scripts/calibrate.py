@@ -62,8 +62,8 @@ def collect_scores(model, prompts_by_task: dict[str, list[list[int]]], methods_b
                    on_device: bool = False) -> dict[str, list]:
     """{task: [(vscore [H, n], sscore [H, n]) per (sample, layer)]} from the model's dense prefill: each
     task's method instance computes its own statistics (its estimation window may be task-dependent).
-    The scores go to the CPU unless ``on_device`` (then a :class:`DensityModel` with ``accelerated``
-    evaluates settings on the GPU)."""
+    The scores go to the CPU unless ``on_device`` (a :class:`DensityModel` then evaluates settings where they
+    are: on a GPU with the methods' GPU selection)."""
     from sparse_kernels.hf.generate import greedy_generate
     from sparse_kernels.hf.session import SparseSession
 
@@ -89,10 +89,10 @@ def collect_scores(model, prompts_by_task: dict[str, list[list[int]]], methods_b
 class DensityModel:
     """Realized density (``density_computed``, mean over samples x layers x heads) of a setting."""
 
-    def __init__(self, method: str, scores: dict[str, list], params_by_task: dict[str, dict],
-                 accelerated: bool = False):
+    def __init__(self, method: str, scores: dict[str, list], params_by_task: dict[str, dict]):
         self.method = method
-        self.accelerated = accelerated       # the methods' GPU selection (block index kernel) for GPU scores
+        # scores on a GPU (collect_scores(on_device=True)): the methods' GPU selection (block index kernel)
+        self.accelerated = any(v.is_cuda for rows in scores.values() for v, _ in rows)
         self.scores = scores
         self.params = params_by_task
         self.memo: dict[tuple, float] = {}

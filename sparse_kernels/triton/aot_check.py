@@ -107,10 +107,11 @@ def main(argv=None) -> int:
               "RSTART": "*i32", "REND": "*i32", "M_OUT": "*fp32", "L_OUT": "*fp32", "ACC_OUT": "*fp32",
               "qk_scale": "fp32"}
         TD64 = dict(TD, PCNT="*i64", OFF="*i64", PLEN="*i64", RSTART="*i64", REND="*i64")   # int64 index inputs
-        for pages, rng, bits, page, end, types in [(True, False, True, 16, False, TD), (True, False, False, 16, False, TD),
-                                                   (True, False, False, 16, False, TD64),
-                                                   (False, True, False, 16, False, TD), (True, True, False, 1, False, TD),
-                                                   (False, True, False, 16, True, TD)]:   # end: static-cache span decode
+        for pages, rng, bits, page, end, types in [
+                (True, False, True, 16, False, TD), (True, False, False, 16, False, TD),
+                (True, False, False, 16, False, TD64), (False, True, False, 16, False, TD),
+                (True, True, False, 1, False, TD),
+                (False, True, False, 16, True, TD)]:   # end: static-cache span decode
             ok &= compile_kernel(decode._decode_partial_kernel, types, dict(
                 PAGE=page, BLOCK_N=64, BLOCK_R=16, BLOCK_D=128, HAS_PAGES=pages, HAS_RANGE=rng, HAS_END=end,
                 HAS_BITS=bits, HAS_OFF=pages, HAS_PLEN=pages, USE_DOT=True, PREC=prec), arch, 4, 2,
@@ -130,15 +131,11 @@ def main(argv=None) -> int:
                                       USE_DOT=True, PREC="ieee" if sdt == "fp32" else "tf32", HAS_LIMIT=lim,
                                       GROUP_ROWS=shared and lim), arch, 4, 2,
                                  f"quest page bounds {sdt} shared={shared} limit={lim}")
-        for krow, lim in ((False, False), (True, True)):
+        for krow, lim, radix in ((False, False, 8), (True, True, 8), (True, True, 4)):
             ok &= compile_kernel(quest._topk_pages_kernel, {"X": "*fp32", "KROW": "*i32", "LIMIT": "*i32",
                                                             "OUT": "*i32", "CNT": "*i32"},
-                                 dict(BLOCK=8192, HAS_KROW=krow, HAS_LIMIT=lim, DROP_NEG_INF=lim, RADIX=8), arch, 16,
-                                 3, f"quest top-k pages k_row={krow} limit={lim}")
-        ok &= compile_kernel(quest._topk_pages_kernel, {"X": "*fp32", "KROW": "*i32", "LIMIT": "*i32", "OUT": "*i32",
-                                                        "CNT": "*i32"},
-                             dict(BLOCK=8192, HAS_KROW=True, HAS_LIMIT=True, DROP_NEG_INF=True, RADIX=4), arch, 16, 3,
-                             "quest top-k pages, 4-bit radix")
+                                 dict(BLOCK=8192, HAS_KROW=krow, HAS_LIMIT=lim, DROP_NEG_INF=lim, RADIX=radix), arch,
+                                 16, 3, f"quest top-k pages k_row={krow} limit={lim} radix={radix}")
     if "snapkv" in only:
         ok &= compile_kernel(snapkv._window_lse_kernel, {"Q": p, "K": p, "M_OUT": "*fp32", "L_OUT": "*fp32",
                                                          "qk_scale": "fp32"},

@@ -185,6 +185,17 @@ def _window_lse(qc, kc, w: int, qk_scale: float, block_m: int, block_n: int, chu
     return (mx + torch.log2((l_buf * torch.exp2(m_buf - mx)).sum(1, keepdim=True))).squeeze(1).contiguous()
 
 
+def _window_score_launch(qc, kc, lse, out, w: int, qk_scale: float, mode: int, block_m: int, block_n: int):
+    """``_window_score_kernel`` over one row's keys: ``out`` [Hkv or H, n] (see the modes)."""
+    H, n, D = qc.shape
+    G = kc.shape[0]
+    _window_score_kernel[(triton.cdiv(n, block_n), G)](
+        qc, kc, lse, out, qc.stride(0), qc.stride(1), qc.stride(2), kc.stride(0), kc.stride(1), kc.stride(2),
+        out.stride(0), out.stride(1), n, w, D, H // G, qk_scale,
+        MODE=mode, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, next_pow2(D)),
+        PREC=dot_precision(qc.dtype), num_warps=4)
+
+
 def window_scores(q_row: torch.Tensor, k_row: torch.Tensor, window: int, scale: float, mode: int = MODE_MEAN_SUM,
                   block_m: int = 64, block_n: int = 64, chunk: int = 4096) -> torch.Tensor:
     """Scores from the softmax of the last ``window`` queries of one row: q_row [H, n, D], k_row [Hkv, n, D]
@@ -195,11 +206,7 @@ def window_scores(q_row: torch.Tensor, k_row: torch.Tensor, window: int, scale: 
         return out
     qk_scale = float(scale) * LOG2E
     lse = _window_lse(qc, kc, w, qk_scale, block_m, block_n, chunk)
-    _window_score_kernel[(triton.cdiv(n, block_n), G)](
-        qc, kc, lse, out, qc.stride(0), qc.stride(1), qc.stride(2), kc.stride(0), kc.stride(1), kc.stride(2),
-        out.stride(0), out.stride(1), n, w, D, H // G, qk_scale,
-        MODE=mode, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, next_pow2(D)),
-        PREC=dot_precision(qc.dtype), num_warps=4)
+    _window_score_launch(qc, kc, lse, out, w, qk_scale, mode, block_m, block_n)
     return out
 
 
@@ -215,14 +222,12 @@ def vs_window_sums(q_row: torch.Tensor, k_row: torch.Tensor, window: int, scale:
         return vsum, dsum
     qk_scale = float(scale) * LOG2E
     lse = _window_lse(qc, kc, w, qk_scale, block_m, block_n, chunk)
-    args = (qc.stride(0), qc.stride(1), qc.stride(2), kc.stride(0), kc.stride(1), kc.stride(2))
-    bd, prec = max(16, next_pow2(D)), dot_precision(qc.dtype)
-    _window_score_kernel[(triton.cdiv(n, block_n), G)](
-        qc, kc, lse, vsum, *args, vsum.stride(0), vsum.stride(1), n, w, D, H // G, qk_scale,
-        MODE=MODE_HEAD_SUM, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=bd, PREC=prec, num_warps=4)
+    _window_score_launch(qc, kc, lse, vsum, w, qk_scale, MODE_HEAD_SUM, block_m, block_n)
     _window_diag_kernel[(triton.cdiv(n, block_n), H)](
-        qc, kc, lse, dsum, *args, dsum.stride(0), dsum.stride(1), n, w, D, H // G, qk_scale,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=bd, PREC=prec, num_warps=8)   # 4 warps spill (sm_90)
+        qc, kc, lse, dsum, qc.stride(0), qc.stride(1), qc.stride(2), kc.stride(0), kc.stride(1), kc.stride(2),
+        dsum.stride(0), dsum.stride(1), n, w, D, H // G, qk_scale,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, next_pow2(D)), PREC=dot_precision(qc.dtype),
+        num_warps=8)   # 4 warps spill (sm_90)
     return vsum, dsum
 
 
@@ -267,4 +272,5 @@ def snapkv_compress(method, q: torch.Tensor, k: torch.Tensor, key_padding_mask: 
                        length=L, paper_sparsity=torch.stack(sps))
 
 
-__all__ = ["window_scores", "vs_window_sums", "snapkv_token_scores", "snapkv_compress", "MODE_MEAN_SUM", "MODE_MAX", "MODE_HEAD_SUM"]
+__all__ = ["window_scores", "vs_window_sums", "snapkv_token_scores", "snapkv_compress", "MODE_MEAN_SUM", "MODE_MAX",
+           "MODE_HEAD_SUM"]
