@@ -157,9 +157,13 @@ def paper_flexprefill(length: int, ratio: float) -> tuple[float, int]:
 
 def nearest_k(f: Callable[[int], float], target: float, lo: int, hi: int) -> tuple[int, int]:
     """For ``f`` non-decreasing on [lo, hi]: (the k whose f(k) is closest to ``target``, the crossing = the
-    smallest k with f(k) >= target, hi if none). Bisection for the crossing, then the nearer of it and its
-    predecessor (the predecessor on ties)."""
-    a, b = lo, hi
+    smallest k with f(k) >= target, hi if none). The crossing is bracketed by doubling steps from ``lo`` and
+    then bisected, so f is only evaluated at k up to about twice the crossing (an f whose cost grows with k,
+    such as a Vertical-Slash layout with k columns, is never built at ``hi`` for a small answer); then the
+    nearer of the crossing and its predecessor (the predecessor on ties)."""
+    a, b, step = lo, lo, 1
+    while b < hi and f(b) < target:
+        a, b, step = b + 1, min(hi, b + step), step * 2
     while a < b:
         mid = (a + b) // 2
         if f(mid) >= target:

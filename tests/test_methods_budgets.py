@@ -154,3 +154,29 @@ def test_method_constructors_translate_ratio():
         BlockSparse(top_chunks=2)
     with pytest.raises(ValueError):
         SnapKV(ratio=0.5)
+
+
+def test_nearest_k_matches_brute_force_and_only_probes_near_the_crossing():
+    """Against an exhaustive scan of random non-decreasing sequences: the same (best, crossing), and f is
+    never evaluated far beyond the crossing (a Vertical-Slash layout built at k = n verticals at 128K needs
+    hundreds of GiB: the calibration must not probe it for an answer near k = 200)."""
+    import random
+
+    rng = random.Random(0)
+    for _ in range(300):
+        lo = rng.randint(0, 5)
+        hi = lo + rng.randint(0, 3000)
+        vals = sorted(rng.choice([0.0, 0.25, 0.5, 1.0]) * rng.random() for _ in range(hi - lo + 1))
+        target = rng.choice([rng.random(), vals[len(vals) // 3], 2.0, -1.0])
+        seen = []
+
+        def f(k):
+            seen.append(k)
+            return vals[k - lo]
+
+        crossing = next((k for k in range(lo, hi + 1) if vals[k - lo] >= target), hi)
+        best = crossing
+        if crossing > lo and abs(vals[crossing - 1 - lo] - target) <= abs(vals[crossing - lo] - target):
+            best = crossing - 1
+        assert budgets.nearest_k(f, target, lo, hi) == (best, crossing)
+        assert max(seen) <= max(lo + 2 * (crossing - lo) + 1, crossing)

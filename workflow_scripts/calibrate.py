@@ -133,9 +133,9 @@ class DensityModel:
 def _nearest_int(f, target: float, lo: int, hi: int) -> tuple[int, int]:
     """(k_best, k_below): the k in [lo, hi] with f(k) nearest ``target`` (f non-decreasing) and the largest k
     with f(k) < target (lo - 1 if none; (hi, hi) when even f(hi) < target)."""
-    if f(hi) < target:
-        return hi, hi
     best, crossing = nearest_k(f, target, lo, hi)
+    if crossing == hi and f(hi) < target:
+        return hi, hi
     return best, crossing - 1
 
 
