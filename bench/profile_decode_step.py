@@ -40,10 +40,13 @@ def prompt_of(model, length: int) -> list[int]:
     return torch.randint(10, model.config.vocab_size - 100, (length,), generator=g).tolist()
 
 
-def generate(model, name: str, length: int, new_tokens: int, args, calibrated: dict | None = None):
+def generate(model, name: str, length: int, new_tokens: int, args, calibrated: dict | None = None,
+             cell_length: int | None = None):
+    """One generation from the random prompt of ``length`` tokens with the cell (method budgets) of
+    ``cell_length`` (default: the same)."""
     from sparse_kernels.hf.generate import greedy_generate
 
-    session, _ = e2e.make_cell(name, length, args.ratio, args.executor, args.tiny, calibrated)
+    session, _ = e2e.make_cell(name, cell_length or length, args.ratio, args.executor, args.tiny, calibrated)
     out = greedy_generate(model, [prompt_of(model, length)], new_tokens, eos_ids=set(), pad_id=0, session=session,
                           fast_decode="eager" if session is not None else False, graph_warmup=1)
     e2e._sync()
@@ -76,6 +79,19 @@ def show(per: dict, layers: int, top: int, head: str) -> None:
         print(f"  {t:8.1f} us {c:6.2f} x  {k[:110]}")
 
 
+def compiled_variants() -> int:
+    """Number of compiled variants of this package's Triton kernels (all devices): a rise across a run at a
+    new length means a specialisation the warm-up did not cover, i.e. a compilation inside the timing."""
+    import sys as _sys
+
+    n = 0
+    for mod in [m for k, m in list(_sys.modules.items()) if k.startswith("sparse_kernels.triton")]:
+        for obj in vars(mod).values():
+            for cache in (getattr(obj, "device_caches", None) or {}).values():
+                n += len(cache[0])
+    return n
+
+
 def profile_prefill(model, name: str, args) -> None:
     layers = model.config.num_hidden_layers
     warm = min(args.length, 96 if args.tiny else 4096)
@@ -83,14 +99,17 @@ def profile_prefill(model, name: str, args) -> None:
     if name == "vertical_slash_calibrated":
         setting, rec = e2e.calibrate_vs(model, prompt_of(model, args.length), args.length, args.ratio, args.tiny)
         note = f"; calibrated {rec}"
-    generate(model, name if setting is None else "vertical_slash", warm, 1, args,
-             None if setting is None else e2e.tiny_params("vertical_slash", warm) if args.tiny else None)
+    generate(model, name, warm, 1, args, setting, cell_length=args.length)  # warm-up: same cell, short prompt
+    n0 = compiled_variants()
     out = generate(model, name, args.length, 1, args, setting)                 # unprofiled wall time
+    n1 = compiled_variants()
+    again = generate(model, name, args.length, 1, args, setting)
     stats = ((out.extras or {}).get("stats") or [{}])[0]
     times = kernel_times(model, name, args.length, 1, args, setting)
     per = {k: (t / layers, c / layers) for k, (t, c) in times.items() if t / layers > 0.5}
-    show(per, layers, args.top, f"{name} prefill L={args.length}: wall {out.prefill_s * 1e3:.1f} ms, density "
-         f"{stats.get('prefill_density', 1.0):.3f}{note}")
+    show(per, layers, args.top, f"{name} prefill L={args.length}: wall {out.prefill_s * 1e3:.1f} ms after a "
+         f"warm-up at {warm} ({n1 - n0} kernel variants compiled in it), {again.prefill_s * 1e3:.1f} ms again; "
+         f"density {stats.get('prefill_density', 1.0):.3f}{note}")
     e2e.free_memory()
 
 

@@ -23,6 +23,7 @@ Coordinate conventions (all selections):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -80,15 +81,15 @@ def _causal_rows(q0: int, q1: int, n: int, device) -> torch.Tensor:
     return torch.arange(n, device=device).view(1, -1) <= torch.arange(q0, q1, device=device).view(-1, 1)
 
 
-def _causal_pairs(q0: torch.Tensor, q1: torch.Tensor, k0: torch.Tensor, k1: torch.Tensor, max_rows: int) -> torch.Tensor:
+def _causal_pairs(q0: torch.Tensor, q1: torch.Tensor, k0: torch.Tensor, k1: torch.Tensor) -> torch.Tensor:
     """Number of pairs (q, k) with q0 <= q < q1, k0 <= k < k1 and k <= q, elementwise over broadcast
-    tensors; q1 - q0 <= max_rows. Loops over the rows of a block instead of materialising masks."""
-    total = torch.zeros(torch.broadcast_shapes(q0.shape, q1.shape, k0.shape, k1.shape), dtype=torch.long,
-                        device=q0.device)
-    for r in range(max_rows):
-        q = q0 + r
-        total += torch.where(q < q1, (torch.minimum(q + 1, k1) - k0).clamp(min=0), torch.zeros_like(total))
-    return total
+    (integer) tensors, in closed form: a row q >= k0 sees min(q + 1, k1) - k0 keys, i.e. a triangle over the
+    rows [max(q0, k0), min(q1, k1)) and the full width k1 - k0 for the rows [max(q0, k0, k1), q1)."""
+    a = torch.maximum(q0, k0)
+    c = torch.maximum(torch.minimum(q1, k1), a)
+    tri = ((c - k0) * (c - k0 + 1) - (a - k0) * (a - k0 + 1)) // 2
+    rect = (q1 - torch.maximum(a, k1)).clamp(min=0) * (k1 - k0).clamp(min=0)
+    return tri + rect
 
 
 DEFAULT_Q_CHUNK = 1024  # query rows per mask chunk (bounds memory to H * chunk * n)
@@ -188,7 +189,7 @@ class BlockSelection(_PrefillMaskMixin):
             m = torch.arange(nb, device=idx.device).view(1, -1, 1)
             q0, q1 = m * bs, torch.clamp((m + 1) * bs, max=n)
             k0, k1 = idx * bs, torch.clamp((idx + 1) * bs, max=n)
-            pairs = _causal_pairs(q0, q1, k0, k1, bs) * (idx >= 0)
+            pairs = _causal_pairs(q0, q1, k0, k1) * (idx >= 0)
             out[b] = pairs.sum((-1, -2)).double().cpu() / (n * (n + 1) / 2)
         return out
 
@@ -287,6 +288,33 @@ def build_vs_block_index(vertical: torch.Tensor, slash: torch.Tensor, n: int, bl
     return VSBlockIndex(bs, out_s, out_e, cnt, cols[:, :, :C], ccnt)
 
 
+def vs_block_index_from_layout(layout, b: int, n: int) -> VSBlockIndex:
+    """Reference-format :class:`VSBlockIndex` of batch row ``b`` (length ``n``) from a V-S TileLayout:
+    consecutive tiles are merged back into ranges (ranges never touch, so this is exact)."""
+    bs = layout.block_m
+    nqb = max(1, -(-n // bs)) if n > 0 else 0
+    st = layout.starts[b, :, :nqb].long()  # [H, nqb, T]
+    cnt = layout.counts[b, :, :nqb].long()
+    H, _, T = st.shape
+    i = torch.arange(T, device=st.device).view(1, 1, -1)
+    valid = i < cnt.unsqueeze(-1)
+    prev = torch.cat([torch.full_like(st[..., :1], -(1 << 40)), st[..., :-1]], -1)
+    new = valid & (st != prev + bs)
+    rid = torch.cumsum(new.long(), -1) - 1
+    rcount = new.sum(-1)
+    R = max(int(rcount.max()) if rcount.numel() else 0, 1)
+    slot = torch.where(valid, rid, torch.full_like(rid, R)).clamp(max=R)
+    rs = torch.full((H, nqb, R + 1), -1, dtype=torch.long, device=st.device)
+    rs.scatter_(2, torch.where(new, slot, torch.full_like(slot, R)), torch.where(new, st, torch.full_like(st, -1)))
+    re = torch.full((H, nqb, R + 1), -1, dtype=torch.long, device=st.device)
+    re.scatter_reduce_(2, slot, torch.where(valid, st + bs, torch.full_like(st, -1)), reduce="amax")
+    ccnt = layout.column_counts[b, :, :nqb].long()
+    C = max(int(ccnt.max()) if ccnt.numel() else 0, 1)
+    cols = layout.columns[b, :, :nqb, :C].long()
+    return VSBlockIndex(bs, rs[..., :R].contiguous(), re[..., :R].contiguous(), rcount, cols.contiguous(), ccnt)
+
+
+
 @dataclass
 class VerticalSlashSelection(_PrefillMaskMixin):
     """Prefill vertical-slash layout per (batch, q head).
@@ -308,6 +336,9 @@ class VerticalSlashSelection(_PrefillMaskMixin):
     length: int
     block_size: int = 64
     paper_sparsity: torch.Tensor | None = None  # [B, H]
+    # the Triton kernel's TileLayout of this selection (block_m = block_n = block_size), when built on the GPU
+    # (sparse_kernels.triton.accelerate): the executor reuses it and the counts below are read from it
+    tile_layout: Any = field(default=None, repr=False, compare=False)
     _index_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -325,9 +356,29 @@ class VerticalSlashSelection(_PrefillMaskMixin):
     def block_index(self, b: int) -> VSBlockIndex:
         """MInference-style block/column index of batch row ``b`` (cached)."""
         if b not in self._index_cache:
-            self._index_cache[b] = build_vs_block_index(
-                self.vertical_idx[b], self.slash_offsets[b], int(self.seq_lens[b]), self.block_size)
+            n = int(self.seq_lens[b])
+            self._index_cache[b] = (build_vs_block_index(self.vertical_idx[b], self.slash_offsets[b], n,
+                                                         self.block_size)
+                                    if self.tile_layout is None else vs_block_index_from_layout(self.tile_layout, b, n))
         return self._index_cache[b]
+
+    def _row_work(self, b: int, n: int):
+        """(k0, k1, kept [H, NQB, T]: the key spans of the row's tiles / ranges; tiles [H, NQB]: bs x bs tiles
+        per query block; columns [H, NQB, C] (-1 padded)) of batch row ``b`` of length n > 0, read from the
+        tile layout when there is one (no index conversion, no host synchronisation) and else from the
+        block index."""
+        bs, nqb = self.block_size, -(-n // self.block_size)
+        lay = self.tile_layout
+        if lay is None:
+            idx = self.block_index(b)
+            k0, k1 = idx.range_start, idx.range_end
+            return k0, k1, k0 >= 0, idx.tile_count, idx.columns
+        st = lay.starts[b, :, :nqb]
+        kept = torch.arange(st.shape[-1], device=st.device) < lay.counts[b, :, :nqb].unsqueeze(-1)
+        cols = lay.columns[b, :, :nqb]
+        cols = torch.where(torch.arange(cols.shape[-1], device=cols.device) < lay.column_counts[b, :, :nqb, None],
+                           cols, torch.full_like(cols, -1))
+        return st.long(), st.long() + bs, kept, lay.counts[b, :, :nqb].long(), cols.long()
 
     def local_mask(self, b: int, q0: int = 0, q1: int | None = None, granularity: str = "block") -> torch.Tensor:
         """Row-local mask [H, q1-q0, n] of batch row ``b`` (causal applied)."""
@@ -384,15 +435,10 @@ class VerticalSlashSelection(_PrefillMaskMixin):
             n = int(self.seq_lens[b])
             if not n:
                 continue
-            idx = self.block_index(b)
-            nqb = idx.range_start.shape[1]
-            m = torch.arange(nqb, device=idx.range_start.device).view(1, -1, 1)
+            k0, k1, ok, _, c = self._row_work(b, n)
+            m = torch.arange(k0.shape[1], device=k0.device).view(1, -1, 1)
             q0, q1 = m * bs, torch.clamp((m + 1) * bs, max=n)
-            ok = idx.range_start >= 0
-            k0 = idx.range_start.clamp(min=0, max=n)
-            k1 = idx.range_end.clamp(min=0, max=n)
-            pairs = (_causal_pairs(q0, q1, k0, k1, bs) * ok).sum((-1, -2))
-            c = idx.columns
+            pairs = (_causal_pairs(q0, q1, k0.clamp(min=0, max=n), k1.clamp(min=0, max=n)) * ok).sum((-1, -2))
             cols = (torch.clamp(q1 - torch.maximum(c, q0), min=0) * ((c >= 0) & (c < n))).sum((-1, -2))
             out[b] = (pairs + cols).double().cpu() / (n * (n + 1) / 2)
         return out
@@ -405,8 +451,8 @@ class VerticalSlashSelection(_PrefillMaskMixin):
             n = int(self.seq_lens[b])
             if not n:
                 continue
-            idx = self.block_index(b)
-            work = idx.tile_count.sum(-1).double() * bs * bs + idx.column_count.sum(-1).double() * bs
+            _, _, _, tiles, cols = self._row_work(b, n)
+            work = tiles.sum(-1).double() * bs * bs + (cols >= 0).sum((-1, -2)).double() * bs
             out[b] = 1.0 - work.cpu() / (n * (n + 1) / 2)
         return out
 

@@ -95,3 +95,18 @@ def test_forced_blocks_always_kept():
         got = set(sel.indices[0, 0, m, : sel.counts[0, 0, m]].tolist())
         assert {m, max(m - 1, 0), 0} <= got
         assert len(got) == min(m + 1, 3)
+
+
+def test_causal_pairs_closed_form_matches_enumeration():
+    """The closed form behind density_computed (Block-Sparse tiles, Vertical-Slash ranges) against counting
+    the pairs one by one, including empty, reversed and clipped spans."""
+    from sparse_kernels.selection import _causal_pairs
+
+    g = torch.Generator().manual_seed(0)
+    q0, k0 = torch.randint(0, 40, (2, 600), generator=g)
+    q1 = q0 + torch.randint(-3, 20, (600,), generator=g)
+    k1 = k0 + torch.randint(-3, 30, (600,), generator=g)
+    got = _causal_pairs(q0, q1, k0, k1)
+    want = torch.tensor([sum(1 for q in range(a, b) for k in range(c, d) if k <= q)
+                         for a, b, c, d in zip(q0.tolist(), q1.tolist(), k0.tolist(), k1.tolist())])
+    assert torch.equal(got, want)

@@ -59,6 +59,13 @@ def test_accelerated_methods_select_like_the_reference():
     a, b = vs.select(q, k, kpm), fast.select(q, k, kpm)
     assert torch.equal(a.slash_offsets, b.slash_offsets) and torch.equal(a.vertical_idx, b.vertical_idx)
     torch.testing.assert_close(a.paper_sparsity, b.paper_sparsity)
+    assert b.tile_layout is not None and a.tile_layout is None
+    # counted from the tile layout (accelerated) and from the block index (reference), and from the dense mask
+    torch.testing.assert_close(b.density_computed(), a.density_computed(), rtol=0, atol=1e-12)
+    mask = b.to_mask()
+    for row, n in enumerate(b.seq_lens.tolist()):
+        want = mask[row].sum((-1, -2)).double() / (n * (n + 1) / 2)
+        torch.testing.assert_close(b.density_computed()[row], want, rtol=0, atol=1e-12)
     for row in range(2):
         want = build_vs_block_index(b.vertical_idx[row], b.slash_offsets[row], int(b.seq_lens[row]), 32)
         got = b.block_index(row)

@@ -44,6 +44,7 @@ def compile_kernel(kernel, types: dict, constexprs: dict, arch: int, num_warps=4
     from triton.compiler import ASTSource
 
     params = list(inspect.signature(kernel.fn).parameters)
+    free = set(getattr(kernel, "do_not_specialize", None) or [])       # the launcher does not specialise these
     sig, cst, attrs = {}, {}, {}
     for i, p in enumerate(params):
         if p in constexprs:
@@ -55,7 +56,7 @@ def compile_kernel(kernel, types: dict, constexprs: dict, arch: int, num_warps=4
             cst[(i,)] = 1
         else:
             sig[p] = types.get(p, "i32")
-            if sig[p].startswith("*") or p.startswith("stride_"):
+            if (sig[p].startswith("*") or p.startswith("stride_")) and p not in free and i not in free:
                 attrs[(i,)] = [["tt.divisibility", 16]]  # 16-byte aligned pointers, strides multiple of 16
     t0 = time.time()
     try:

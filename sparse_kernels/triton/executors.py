@@ -36,7 +36,7 @@ def prefill_attention(q, k, v, selection, scale=None, granularity: str = "block"
             return reference.prefill_attention(q, k, v, selection, scale, granularity, q_chunk)
         if granularity != "block":
             raise ValueError("granularity must be 'block' or 'exact'")
-        lay = getattr(selection, "_triton_layout", None)  # attached by methods.accelerate()
+        lay = selection.tile_layout  # attached by methods.accelerate()
         return tile_attention(q, k, v, vs_layout(selection) if lay is None else lay, scale, config)
     if isinstance(selection, BlockSelection):
         bs = selection.block_size

@@ -9,9 +9,10 @@ budgets) but runs the selection-side work with the Triton helpers:
   (window scoring without materialising the [g, w, n] probabilities);
 * Vertical-Slash / FlexPrefill: the estimation's column and diagonal sums come from
   :func:`~.snapkv.vs_window_sums` (no [g, w, n] probabilities; the counts and top-k stay the method's code),
-  and the block index that the paper's sparsity (``block_granular_sparsity``) and ``density_computed`` need
-  is built by the GPU index kernel (:func:`~.vertical_slash.vs_layout`) instead of the reference builder (a
-  Python loop over the slash count); the layout is attached to the selection so the Triton executor reuses it;
+  and the kernel's tile layout is built by the GPU index kernel (:func:`~.vertical_slash.vs_layout`) instead of
+  the reference block index (a Python loop over the slash count). It is attached to the selection
+  (``tile_layout``): the Triton executor reuses it, and the paper's sparsity (``block_granular_sparsity``) and
+  ``density_computed`` are counted from it with a few tensor operations;
 * Block-Sparse: unchanged (its selection is already batched torch code).
 
 The selections are the same objects the reference methods return (up to fp32 ties in the scores).
@@ -21,43 +22,13 @@ from __future__ import annotations
 
 import torch
 
-from ..selection import VerticalSlashSelection, VSBlockIndex, pad_stack
-
-
-def vs_block_index_from_layout(layout, b: int, n: int) -> VSBlockIndex:
-    """Reference-format :class:`VSBlockIndex` of batch row ``b`` (length ``n``) from a V-S TileLayout:
-    consecutive tiles are merged back into ranges (ranges never touch, so this is exact)."""
-    bs = layout.block_m
-    nqb = max(1, -(-n // bs)) if n > 0 else 0
-    st = layout.starts[b, :, :nqb].long()  # [H, nqb, T]
-    cnt = layout.counts[b, :, :nqb].long()
-    H, _, T = st.shape
-    i = torch.arange(T, device=st.device).view(1, 1, -1)
-    valid = i < cnt.unsqueeze(-1)
-    prev = torch.cat([torch.full_like(st[..., :1], -(1 << 40)), st[..., :-1]], -1)
-    new = valid & (st != prev + bs)
-    rid = torch.cumsum(new.long(), -1) - 1
-    rcount = new.sum(-1)
-    R = max(int(rcount.max()) if rcount.numel() else 0, 1)
-    slot = torch.where(valid, rid, torch.full_like(rid, R)).clamp(max=R)
-    rs = torch.full((H, nqb, R + 1), -1, dtype=torch.long, device=st.device)
-    rs.scatter_(2, torch.where(new, slot, torch.full_like(slot, R)), torch.where(new, st, torch.full_like(st, -1)))
-    re = torch.full((H, nqb, R + 1), -1, dtype=torch.long, device=st.device)
-    re.scatter_reduce_(2, slot, torch.where(valid, st + bs, torch.full_like(st, -1)), reduce="amax")
-    ccnt = layout.column_counts[b, :, :nqb].long()
-    C = max(int(ccnt.max()) if ccnt.numel() else 0, 1)
-    cols = layout.columns[b, :, :nqb, :C].long()
-    return VSBlockIndex(bs, rs[..., :R].contiguous(), re[..., :R].contiguous(), rcount, cols.contiguous(), ccnt)
+from ..selection import VerticalSlashSelection, pad_stack
 
 
 def _attach_gpu_index(sel: VerticalSlashSelection) -> VerticalSlashSelection:
     from .vertical_slash import vs_layout
 
-    lay = vs_layout(sel)
-    sel._triton_layout = lay
-    lens = sel.seq_lens.tolist()
-    for b, n in enumerate(lens):
-        sel._index_cache[b] = vs_block_index_from_layout(lay, b, int(n))
+    sel.tile_layout = vs_layout(sel)
     return sel
 
 
@@ -140,4 +111,4 @@ def accelerate(method):
     return method
 
 
-__all__ = ["accelerate", "vs_block_index_from_layout", "QuestGPU", "SnapKVGPU"]
+__all__ = ["accelerate", "QuestGPU", "SnapKVGPU"]

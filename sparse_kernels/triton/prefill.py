@@ -235,7 +235,11 @@ def causal_layout(batch: int, heads: int, length: int, block_m: int, block_n: in
 # kernel
 
 
-@triton.jit
+# Length-dependent integers that only address the layout lists (scalar loads) are not specialised on: a
+# prompt length whose tile count is not a multiple of 16 would otherwise compile a new variant (about a second
+# at 128K) after a warm-up at another length. The q / k / v strides stay specialised (vectorised loads).
+@triton.jit(do_not_specialize=["NQT", "stride_tb", "stride_th", "stride_tm", "stride_cb", "stride_ch", "stride_cm",
+                               "stride_colb", "stride_colh", "stride_colm", "stride_ccb", "stride_cch", "stride_ccm"])
 def _sparse_prefill_kernel(
         Q, K, V, O, TSTART, TCNT, TFULL, TBITS, COLS, CCNT, OFF, LEN,
         stride_qb, stride_qh, stride_qm, stride_qd,

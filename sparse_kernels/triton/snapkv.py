@@ -34,7 +34,7 @@ MODE_MAX = 1  # Ada-SnapKV: max over window queries and the group's q heads -> [
 MODE_HEAD_SUM = 2  # per q head: sum over window queries -> [H, n] (V-S vertical scores)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "CHUNK", "NCHUNK"])  # not per prompt length (see prefill.py)
 def _window_lse_kernel(Q, K, M_OUT, L_OUT,
                        stride_qh, stride_qn, stride_qd, stride_kh, stride_kn, stride_kd,
                        N, W, D, GROUPS, CHUNK, NCHUNK, qk_scale,
@@ -83,7 +83,7 @@ def _window_probs_tile(Q, LSE, h, offs_r, qpos, r_ok, offs_d, d_ok, stride_qh, s
     return tl.where(r_ok[:, None] & k_ok[None, :] & (kpos[None, :] <= qpos[:, None]), p, 0.0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "stride_oh"])
 def _window_score_kernel(Q, K, LSE, OUT,
                          stride_qh, stride_qn, stride_qd, stride_kh, stride_kn, stride_kd,
                          stride_oh, stride_on,
@@ -124,7 +124,7 @@ def _window_score_kernel(Q, K, LSE, OUT,
         tl.store(OUT + kvh.to(tl.int64) * stride_oh + kpos * stride_on, grp, mask=k_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "stride_oh"])
 def _window_diag_kernel(Q, K, LSE, OUT,
                         stride_qh, stride_qn, stride_qd, stride_kh, stride_kn, stride_kd,
                         stride_oh, stride_on,

@@ -42,7 +42,9 @@ def _emit_range(rs, re, q_start, ntile, nfull, ncol, vptr, nv,
     return ntile, nfull, ncol, vptr
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_sb", "stride_sh", "stride_vb", "stride_vh", "stride_cntb", "stride_tb",
+                               "stride_th", "stride_tm", "stride_colb", "stride_colh", "stride_colm", "stride_ob",
+                               "stride_oh"])  # not per prompt length (see prefill.py)
 def _vs_index_kernel(SLASH, SCNT, VERT, VCNT, LEN, TSTART, TCNT, TFULL, COLS, CCNT,
                      stride_sb, stride_sh, stride_vb, stride_vh, stride_cntb,
                      stride_tb, stride_th, stride_tm, stride_colb, stride_colh, stride_colm,
