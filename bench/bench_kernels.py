@@ -547,6 +547,14 @@ def section_vs(res, args, dl, dense_ms):
                     row[f"{name}_estimation_ms"] = bench(est, warmup=1, min_time=0.1, max_iters=5)
                 except Exception as exc:  # noqa: BLE001
                     row[f"{name}_estimation_error"] = f"{type(exc).__name__}: {exc}"[:200]
+            if args.sweep:
+                from sparse_kernels.triton.snapkv import vs_window_sums
+
+                # the GPU estimation's window sums alone, per diagonal-kernel launch configuration
+                t, cfg = best_config(lambda c: vs_window_sums(q[0], k[0], m.last_q, D ** -0.5, **c),
+                                     [dict(diag_block=b, diag_warps=w) for b in (32, 64, 128) for w in (4, 8)])
+                row["window_sums_default_ms"] = bench(lambda: vs_window_sums(q[0], k[0], m.last_q, D ** -0.5))
+                row["window_sums_best_ms"], row["window_sums_best_cfg"] = t, cfg
         cud = dense_ms.get(L)
         if cud:
             row["cudnn_dense_ms"] = cud

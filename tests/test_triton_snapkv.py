@@ -62,7 +62,8 @@ def test_vs_window_sums_match_the_probabilities(H, G, n, w, block, dtype):
     qr, kr = q[0], k[0]
     scale = 32 ** -0.5
     p = torch.cat([window_probs(qr[j * (H // G):(j + 1) * (H // G)], kr[j:j + 1], w, scale) for j in range(G)])
-    vsum, dsum = vs_window_sums(qr, kr, w, scale, block_m=block, block_n=block, chunk=2 * block)
+    vsum, dsum = vs_window_sums(qr, kr, w, scale, block_m=block, block_n=block, chunk=2 * block,
+                                diag_block=block)
     tol = dict(atol=1e-5, rtol=1e-4) if dtype == FP32 else dict(atol=2e-3, rtol=2e-3)
     torch.testing.assert_close(vsum, p.sum(1), **tol)
     torch.testing.assert_close(dsum, diagonal_sums(p), **tol)

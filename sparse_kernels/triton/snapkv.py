@@ -211,10 +211,12 @@ def window_scores(q_row: torch.Tensor, k_row: torch.Tensor, window: int, scale: 
 
 
 def vs_window_sums(q_row: torch.Tensor, k_row: torch.Tensor, window: int, scale: float, block_m: int = 64,
-                   block_n: int = 64, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+                   block_n: int = 64, chunk: int = 4096, diag_block: int = 64, diag_warps: int = 8
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """The Vertical-Slash estimation of one row on the GPU: (column sums, diagonal sums) [H, n] fp32 of the
     softmax of the last ``window`` queries, i.e. ``window_probs(...).sum(1)`` and ``diagonal_sums(...)`` of
-    ``sparse_kernels.methods._common`` without the [H, w, n] probabilities."""
+    ``sparse_kernels.methods._common`` without the [H, w, n] probabilities. ``diag_block``: window rows and
+    offsets per step of the diagonal kernel (a power of two), ``diag_warps`` its warps."""
     qc, kc, H, G, n, D, w = _window_prep(q_row, k_row, window)
     vsum = torch.empty(H, n, dtype=torch.float32, device=q_row.device)
     dsum = torch.empty_like(vsum)
@@ -223,11 +225,11 @@ def vs_window_sums(q_row: torch.Tensor, k_row: torch.Tensor, window: int, scale:
     qk_scale = float(scale) * LOG2E
     lse = _window_lse(qc, kc, w, qk_scale, block_m, block_n, chunk)
     _window_score_launch(qc, kc, lse, vsum, w, qk_scale, MODE_HEAD_SUM, block_m, block_n)
-    _window_diag_kernel[(triton.cdiv(n, block_n), H)](
+    _window_diag_kernel[(triton.cdiv(n, diag_block), H)](
         qc, kc, lse, dsum, qc.stride(0), qc.stride(1), qc.stride(2), kc.stride(0), kc.stride(1), kc.stride(2),
         dsum.stride(0), dsum.stride(1), n, w, D, H // G, qk_scale,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, next_pow2(D)), PREC=dot_precision(qc.dtype),
-        num_warps=8)   # 4 warps spill (sm_90)
+        BLOCK_M=diag_block, BLOCK_N=diag_block, BLOCK_D=max(16, next_pow2(D)), PREC=dot_precision(qc.dtype),
+        num_warps=diag_warps)   # 64 x 64 with 4 warps spills (sm_90)
     return vsum, dsum
 
 
