@@ -429,7 +429,7 @@ class VerticalSlashSelection(_PrefillMaskMixin):
         exact granularity from row-chunked masks."""
         if granularity == "exact":
             return super().density_computed(q_chunk, granularity=granularity)
-        out = torch.zeros(self.batch, self.num_heads, dtype=torch.float64)
+        out = torch.zeros(self.batch, self.num_heads, dtype=torch.float64, device=self._device)  # no host sync
         bs = self.block_size
         for b in range(self.batch):
             n = int(self.seq_lens[b])
@@ -440,12 +440,13 @@ class VerticalSlashSelection(_PrefillMaskMixin):
             q0, q1 = m * bs, torch.clamp((m + 1) * bs, max=n)
             pairs = (_causal_pairs(q0, q1, k0.clamp(min=0, max=n), k1.clamp(min=0, max=n)) * ok).sum((-1, -2))
             cols = (torch.clamp(q1 - torch.maximum(c, q0), min=0) * ((c >= 0) & (c < n))).sum((-1, -2))
-            out[b] = (pairs + cols).double().cpu() / (n * (n + 1) / 2)
+            out[b] = (pairs + cols).double() / (n * (n + 1) / 2)
         return out
 
     def block_granular_sparsity(self) -> torch.Tensor:
-        """[B, H] paper measure (spec §2.1 step 6): 1 - (tiles*bs*bs + columns*bs) / (n(n+1)/2)."""
-        out = torch.zeros(self.batch, self.num_heads, dtype=torch.float64)
+        """[B, H] paper measure (spec §2.1 step 6): 1 - (tiles*bs*bs + columns*bs) / (n(n+1)/2), on the
+        selection's device."""
+        out = torch.zeros(self.batch, self.num_heads, dtype=torch.float64, device=self._device)
         bs = self.block_size
         for b in range(self.batch):
             n = int(self.seq_lens[b])
@@ -453,7 +454,7 @@ class VerticalSlashSelection(_PrefillMaskMixin):
                 continue
             _, _, _, tiles, cols = self._row_work(b, n)
             work = tiles.sum(-1).double() * bs * bs + (cols >= 0).sum((-1, -2)).double() * bs
-            out[b] = 1.0 - work.cpu() / (n * (n + 1) / 2)
+            out[b] = 1.0 - work / (n * (n + 1) / 2)
         return out
 
 

@@ -247,7 +247,9 @@ class AttentionEvent:
 
 @dataclass
 class _Stats:
-    """Per-row sums (float64 on CPU) of the realized sparsity measures."""
+    """Per-row sums (float64) of the realized sparsity measures. The prefill sums live on the device of the
+    selections (``add_prefill``): a layer adds its figures without waiting for the GPU; they are read once,
+    at the end (``SparseSession.row_stats``)."""
 
     batch: int
     prefill_sparsity: torch.Tensor = None
@@ -264,6 +266,13 @@ class _Stats:
         self.prefill_sparsity, self.prefill_density = z(), z()
         self.kv_sparsity, self.decode_density, self.decode_count = z(), z(), z()
         self.decode_steps = torch.zeros(self.batch, dtype=torch.long)
+
+    def add_prefill(self, sparsity: torch.Tensor, density: torch.Tensor) -> None:
+        """One layer's [B, H] paper sparsity and computed density (any device)."""
+        dev = sparsity.device
+        self.prefill_sparsity = self.prefill_sparsity.to(dev) + sparsity.double().mean(-1)
+        self.prefill_density = self.prefill_density.to(dev) + density.to(dev).double().mean(-1)
+        self.prefill_layers += 1
 
 
 class SparseSession:
@@ -361,10 +370,7 @@ class SparseSession:
         if self.prefill_method is not None:
             sel = self.prefill_method.select(q, k, kpm, scale)
             out = self.executor.sparse_prefill(q, k, v, sel, scale)
-            st = self.stats
-            st.prefill_sparsity += sel.paper_sparsity.double().cpu().mean(-1)
-            st.prefill_density += sel.density_computed().double().cpu().mean(-1)
-            st.prefill_layers += 1
+            self.stats.add_prefill(sel.paper_sparsity, sel.density_computed())
         else:
             out = self.executor.dense_prefill(q, k, v, kpm, scale)
         dm = self.decode_method

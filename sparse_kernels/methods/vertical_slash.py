@@ -33,6 +33,11 @@ class _VSBase:
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def _uniform_counts(self, n: int) -> tuple[int, int] | None:
+        """(verticals, slashes) of every head of a row of length n when they do not depend on the scores (no
+        device-to-host read is then needed for the top-k widths), else None."""
+        return None
+
     def _from_sums(self, vsum: torch.Tensor, dsum: torch.Tensor, w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Vertical and slash scores [H, n] from the window probabilities' column sums and diagonal sums
         (:func:`diagonal_sums`) over the ``w`` window queries."""
@@ -71,6 +76,9 @@ class _VSBase:
         sscore = sscore.clone()
         vscore[:, : min(self.n_sinks, n)] = float("inf")
         sscore[:, : min(self.n_local, n)] = float("inf")
+        uniform = self._uniform_counts(n)
+        if uniform is not None:
+            return topk_sorted(vscore, uniform[0]), topk_sorted(sscore, uniform[1]), kv, ks
         kvmax, ksmax = int(kv.max()), int(ks.max())
         return self._topk_per_head(vscore, kv, kvmax), self._topk_per_head(sscore, ks, ksmax), kv, ks
 
@@ -171,11 +179,13 @@ class VerticalSlash(_VSBase):
     def _from_sums(self, vsum, dsum, w):
         return vsum, dsum
 
+    def _uniform_counts(self, n):
+        kv, ks = self.budget(n)
+        return min(max(kv, min(self.n_sinks, n)), n), min(max(ks, min(self.n_local, n)), n)
+
     def _counts(self, vertical, slash, n, w):
         H = vertical.shape[0]
-        kv, ks = self.budget(n)
-        kv = min(max(kv, min(self.n_sinks, n)), n)
-        ks = min(max(ks, min(self.n_local, n)), n)
+        kv, ks = self._uniform_counts(n)
         return (torch.full((H,), kv, dtype=torch.long, device=vertical.device),
                 torch.full((H,), ks, dtype=torch.long, device=vertical.device))
 

@@ -148,8 +148,8 @@ def main(argv=None) -> int:
                                  f"window scores mode {mode}")
         ok &= compile_kernel(snapkv._window_diag_kernel, {"Q": p, "K": p, "LSE": "*fp32", "OUT": "*fp32",
                                                           "qk_scale": "fp32"},
-                             dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=128, PREC=prec), arch, 8, 3,
-                             "window diagonal sums (V-S slash scores)")
+                             dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=128, PREC=prec), arch, 4, 3,
+                             "window diagonal sums (V-S slash scores), default 4 warps")
     print("all kernels compiled" if ok else "SOME KERNELS FAILED")
     return 0 if ok else 1
 
