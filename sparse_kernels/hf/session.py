@@ -71,15 +71,12 @@ class LayerCache:
     @classmethod
     def from_prefill(cls, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor, extra: int) -> "LayerCache":
         B, G, L, D = k.shape
-        cap = L + max(int(extra), 1)
-        keys = k.new_empty(B, G, cap, D)
-        values = v.new_empty(B, G, cap, v.shape[-1])
-        mask = torch.zeros(B, G, cap, dtype=torch.bool, device=k.device)
-        keys[:, :, :L] = k
-        values[:, :, :L] = v
-        keys[:, :, L:].zero_()      # unwritten slots are finite (masked-out 0 * garbage would be NaN)
-        values[:, :, L:].zero_()
-        mask[:, :, :L] = valid
+        extra = max(int(extra), 1)
+        # one concatenation per tensor (k / v arrive as transposed views: cat copies them at full bandwidth,
+        # a slice assignment did not); unwritten slots are zero (masked-out 0 * garbage would be NaN)
+        keys = torch.cat([k, k.new_zeros(B, G, extra, D)], 2)
+        values = torch.cat([v, v.new_zeros(B, G, extra, v.shape[-1])], 2)
+        mask = torch.cat([valid.to(torch.bool), valid.new_zeros(B, G, extra, dtype=torch.bool)], 2)
         return cls(keys, values, mask, L)
 
     def ensure_capacity(self, capacity: int) -> None:
