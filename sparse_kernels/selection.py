@@ -93,6 +93,7 @@ def _causal_pairs(q0: torch.Tensor, q1: torch.Tensor, k0: torch.Tensor, k1: torc
 
 
 DEFAULT_Q_CHUNK = 1024  # query rows per mask chunk (bounds memory to H * chunk * n)
+_MASKED_TILES = 4  # masked tiles per query block read without a host check (disjoint tiles: at most 2 cross)
 
 
 class _PrefillMaskMixin:
@@ -362,23 +363,39 @@ class VerticalSlashSelection(_PrefillMaskMixin):
                                     if self.tile_layout is None else vs_block_index_from_layout(self.tile_layout, b, n))
         return self._index_cache[b]
 
-    def _row_work(self, b: int, n: int):
-        """(k0, k1, kept [H, NQB, T]: the key spans of the row's tiles / ranges; tiles [H, NQB]: bs x bs tiles
-        per query block; columns [H, NQB, C] (-1 padded)) of batch row ``b`` of length n > 0, read from the
-        tile layout when there is one (no index conversion, no host synchronisation) and else from the
-        block index."""
+    def _row_counts(self, b: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(computed causal pairs, bs x bs tiles, single columns), each [H] int64 on the selection's device, of
+        batch row ``b`` of length n > 0. Read from the tile layout when there is one (no index conversion, no
+        host read unless some query block has more than ``_MASKED_TILES`` masked tiles), else from the block
+        index."""
         bs, nqb = self.block_size, -(-n // self.block_size)
         lay = self.tile_layout
         if lay is None:
             idx = self.block_index(b)
-            k0, k1 = idx.range_start, idx.range_end
-            return k0, k1, k0 >= 0, idx.tile_count, idx.columns
-        st = lay.starts[b, :, :nqb]
-        kept = torch.arange(st.shape[-1], device=st.device) < lay.counts[b, :, :nqb].unsqueeze(-1)
-        cols = lay.columns[b, :, :nqb]
-        cols = torch.where(torch.arange(cols.shape[-1], device=cols.device) < lay.column_counts[b, :, :nqb, None],
-                           cols, torch.full_like(cols, -1))
-        return st.long(), st.long() + bs, kept, lay.counts[b, :, :nqb].long(), cols.long()
+            dev = idx.range_start.device
+            m = torch.arange(nqb, device=dev).view(1, -1, 1)
+            q0, q1 = m * bs, torch.clamp((m + 1) * bs, max=n)
+            k0, k1 = idx.range_start.clamp(min=0, max=n), idx.range_end.clamp(min=0, max=n)
+            pairs = (_causal_pairs(q0, q1, k0, k1) * (idx.range_start >= 0)).sum((-1, -2))
+            c = idx.columns
+            pairs = pairs + (torch.clamp(q1 - torch.maximum(c, q0), min=0) * ((c >= 0) & (c < n))).sum((-1, -2))
+            return pairs, idx.tile_count.sum(-1), idx.column_count.sum(-1)
+        st, cnt, nf = lay.starts[b, :, :nqb], lay.counts[b, :, :nqb], lay.n_full[b, :, :nqb]
+        dev, T = st.device, st.shape[-1]
+        m = torch.arange(nqb, device=dev, dtype=torch.int32)
+        q0, q1 = m * bs, torch.clamp((m + 1) * bs, max=n)
+        # tiles [0, n_full) are seen whole by every row; the masked ones [n_full, count) are the last few
+        pairs = (nf.long() * ((q1 - q0) * bs)).sum(-1)
+        J = T if T <= _MASKED_TILES or bool(((cnt - nf) > _MASKED_TILES).any()) else _MASKED_TILES
+        j = nf.unsqueeze(-1) + torch.arange(J, device=dev, dtype=torch.int32)
+        k0 = st.gather(-1, j.clamp(max=T - 1).long()).clamp(min=0, max=n)
+        mp = _causal_pairs(q0.view(-1, 1), q1.view(-1, 1), k0, (k0 + bs).clamp(max=n)) * (j < cnt.unsqueeze(-1))
+        pairs = pairs + mp.sum(-1).long().sum(-1)
+        c, cc = lay.columns[b, :, :nqb], lay.column_counts[b, :, :nqb]
+        keep = torch.arange(c.shape[-1], device=dev, dtype=torch.int32) < cc.unsqueeze(-1)
+        cp = torch.clamp(q1.view(-1, 1) - torch.maximum(c, q0.view(-1, 1)), min=0) * keep
+        pairs = pairs + cp.sum(-1).long().sum(-1)
+        return pairs, cnt.long().sum(-1), cc.long().sum(-1)
 
     def local_mask(self, b: int, q0: int = 0, q1: int | None = None, granularity: str = "block") -> torch.Tensor:
         """Row-local mask [H, q1-q0, n] of batch row ``b`` (causal applied)."""
@@ -430,17 +447,11 @@ class VerticalSlashSelection(_PrefillMaskMixin):
         if granularity == "exact":
             return super().density_computed(q_chunk, granularity=granularity)
         out = torch.zeros(self.batch, self.num_heads, dtype=torch.float64, device=self._device)  # no host sync
-        bs = self.block_size
         for b in range(self.batch):
             n = int(self.seq_lens[b])
             if not n:
                 continue
-            k0, k1, ok, _, c = self._row_work(b, n)
-            m = torch.arange(k0.shape[1], device=k0.device).view(1, -1, 1)
-            q0, q1 = m * bs, torch.clamp((m + 1) * bs, max=n)
-            pairs = (_causal_pairs(q0, q1, k0.clamp(min=0, max=n), k1.clamp(min=0, max=n)) * ok).sum((-1, -2))
-            cols = (torch.clamp(q1 - torch.maximum(c, q0), min=0) * ((c >= 0) & (c < n))).sum((-1, -2))
-            out[b] = (pairs + cols).double() / (n * (n + 1) / 2)
+            out[b] = self._row_counts(b, n)[0].double() / (n * (n + 1) / 2)
         return out
 
     def block_granular_sparsity(self) -> torch.Tensor:
@@ -452,8 +463,8 @@ class VerticalSlashSelection(_PrefillMaskMixin):
             n = int(self.seq_lens[b])
             if not n:
                 continue
-            _, _, _, tiles, cols = self._row_work(b, n)
-            work = tiles.sum(-1).double() * bs * bs + (cols >= 0).sum((-1, -2)).double() * bs
+            _, tiles, cols = self._row_counts(b, n)
+            work = tiles.double() * bs * bs + cols.double() * bs
             out[b] = 1.0 - work / (n * (n + 1) / 2)
         return out
 

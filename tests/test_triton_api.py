@@ -101,3 +101,24 @@ def test_triton_executor_session_runs_the_accelerated_selection():
     r = SparseSession(vs, quest, executor="reference")
     r.begin(1, 40, None, 2, "cpu")
     assert r.prefill_method is vs and r.decode_method is quest
+
+
+@pytest.mark.parametrize("masked_tiles", [4, 1], ids=["bounded", "host-check-fallback"])
+def test_vs_counts_from_the_tile_layout_match_the_block_index(monkeypatch, masked_tiles):
+    """Longer rows than the selection test (tile lists wider than the masked-tile bound): computed pairs, tiles
+    and columns read from the attached layout equal the reference block index, also when a query block has
+    more masked tiles than the bound (then the host-checked general path runs)."""
+    import sparse_kernels.selection as selmod
+    from sparse_kernels.triton.testing import left_pad_mask
+    from sparse_kernels.methods import VerticalSlash
+
+    monkeypatch.setattr(selmod, "_MASKED_TILES", masked_tiles)
+    q, k, _ = qkv(2, 3, 1, 300, 16, torch.float32, seed=9)
+    kpm = left_pad_mask(2, 300, (0, 41))
+    vs = VerticalSlash(vertical_size=11, slash_size=14, last_q=24, n_local=4, block_size=16)
+    a, b = vs.select(q, k, kpm), skt.accelerate(vs).select(q, k, kpm)
+    assert b.tile_layout.starts.shape[-1] > 4
+    for row, n in enumerate(b.seq_lens.tolist()):
+        for x, y in zip(b._row_counts(row, n), a._row_counts(row, n)):
+            assert torch.equal(x.cpu(), y.cpu()), row
+    torch.testing.assert_close(b.block_granular_sparsity(), a.block_granular_sparsity(), rtol=0, atol=1e-12)
