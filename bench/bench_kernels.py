@@ -528,8 +528,9 @@ def section_vs(res, args, dl, dense_ms):
         row["index_plus_attn_ms"] = bench(lambda: tile_attention(q, k, v, vs_layout(sel)), warmup=1)
         if args.sweep:
             t, cfg = best_config(lambda c: tile_attention(q, k, v, lay, config=c),
-                                 [dict(BLOCK_N=64, num_warps=w, num_stages=s, BLOCK_C=bc, HEADS_FAST=hf)
-                                  for w in (4, 8) for s in (2, 3) for bc in (32, 64) for hf in (False, True)])
+                                 [dict(BLOCK_N=bn, num_warps=w, num_stages=s, BLOCK_C=bc, HEADS_FAST=hf)
+                                  for bn in (32, 64) for w in (4, 8) for s in (2, 3, 4) for bc in (32, 64)
+                                  for hf in (False, True)])
             row["attn_best_ms"], row["attn_best_cfg"] = t, cfg
         # the method's estimation step (window softmax + vertical / slash scores + top-k): its torch code
         # (probabilities materialised per GQA group) and the accelerated method's (Triton window sums)
@@ -552,7 +553,8 @@ def section_vs(res, args, dl, dense_ms):
 
                 # the GPU estimation's window sums alone, per diagonal-kernel launch configuration
                 t, cfg = best_config(lambda c: vs_window_sums(q[0], k[0], m.last_q, D ** -0.5, **c),
-                                     [dict(diag_block=b, diag_warps=w) for b in (32, 64, 128) for w in (4, 8)])
+                                     [dict(diag_block=b, diag_warps=w, diag_stages=s) for b in (32, 64, 128)
+                                      for w in (2, 4, 8) for s in (1, 2, 3)])
                 row["window_sums_default_ms"] = bench(lambda: vs_window_sums(q[0], k[0], m.last_q, D ** -0.5))
                 row["window_sums_best_ms"], row["window_sums_best_cfg"] = t, cfg
         cud = dense_ms.get(L)

@@ -211,8 +211,8 @@ def window_scores(q_row: torch.Tensor, k_row: torch.Tensor, window: int, scale: 
 
 
 def vs_window_sums(q_row: torch.Tensor, k_row: torch.Tensor, window: int, scale: float, block_m: int = 64,
-                   block_n: int = 64, chunk: int = 4096, diag_block: int = 64, diag_warps: int = 4
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+                   block_n: int = 64, chunk: int = 4096, diag_block: int = 64, diag_warps: int = 4,
+                   diag_stages: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """The Vertical-Slash estimation of one row on the GPU: (column sums, diagonal sums) [H, n] fp32 of the
     softmax of the last ``window`` queries, i.e. ``window_probs(...).sum(1)`` and ``diagonal_sums(...)`` of
     ``sparse_kernels.methods._common`` without the [H, w, n] probabilities. ``diag_block``: window rows and
@@ -229,7 +229,7 @@ def vs_window_sums(q_row: torch.Tensor, k_row: torch.Tensor, window: int, scale:
         qc, kc, lse, dsum, qc.stride(0), qc.stride(1), qc.stride(2), kc.stride(0), kc.stride(1), kc.stride(2),
         dsum.stride(0), dsum.stride(1), n, w, D, H // G, qk_scale,
         BLOCK_M=diag_block, BLOCK_N=diag_block, BLOCK_D=max(16, next_pow2(D)), PREC=dot_precision(qc.dtype),
-        num_warps=diag_warps)   # 4 warps spill a little on sm_90 but took 5.4 ms against 7.3 ms for 8 (H100, 128K)
+        num_warps=diag_warps, num_stages=diag_stages)   # 4 warps spill a little on sm_90 but took 5.4 ms against 7.3 ms for 8 (H100, 128K)
     return vsum, dsum
 
 
