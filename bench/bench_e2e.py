@@ -9,7 +9,8 @@ several lengths, in ONE process (the model is built once).
 Configurations (``--methods``, comma separated; run in this order at every length):
 
 * ``hf_sdpa``        plain transformers (SDPA attention, ``DynamicCache``, eager decode): the HF baseline;
-* ``dense``          our attention, no method: Triton dense prefill, fast decode (static cache + CUDA graph);
+* ``dense``          our attention, no method: dense prefill through SDPA (cuDNN; the Triton executor does so on
+                     CUDA), fast decode (static cache + CUDA graph);
 * ``vertical_slash``, ``flexprefill``, ``block_sparse``: sparse prefill at ``--ratio``, dense fast decode;
 * ``vertical_slash_calibrated``: Vertical-Slash with verticals = slashes calibrated on this model and prompt
   (``workflow_scripts.calibrate``, the workflow's ``calibrate: true``) to a computed density of 1 / ``--ratio``.

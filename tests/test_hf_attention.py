@@ -334,6 +334,36 @@ def test_executors_agree_inside_the_model(models):
             _close_logits(runs[name].extras["logits"], runs["reference"].extras["logits"], atol=2e-5)
 
 
+def test_namespace_executor_can_route_dense_prefill_to_sdpa(models):
+    """With ``sdpa_dense_prefill`` (how the Triton executor runs on CUDA) a dense prefill of a left-padded batch
+    goes to the SDPA path, never to the namespace's kernel, and the logits stay the reference executor's."""
+    from types import SimpleNamespace
+
+    from sparse_kernels.hf.executors import NamespaceExecutor
+
+    prefill_calls = []
+
+    def dense(q, k, v, key_padding_mask=None, scale=None):
+        if q.shape[2] == k.shape[2]:
+            prefill_calls.append(q.shape)
+        return reference.dense_attention(q, k, v, key_padding_mask, scale)
+
+    ns = SimpleNamespace(name="ns", dense_attention=dense, prefill_attention=reference.prefill_attention,
+                         quest_attention=reference.quest_attention)
+    prompts = _prompts(LENGTHS, seed=7)
+    runs = {}
+    for name, ex in (("reference", "reference"), ("kernel", NamespaceExecutor(ns)),
+                     ("sdpa", NamespaceExecutor(ns, sdpa_dense_prefill=True))):
+        before = len(prefill_calls)
+        runs[name] = greedy_generate(models[0], prompts, NEW, set(), PAD, session=SparseSession(executor=ex),
+                                     return_logits=True)
+        runs[name + "_calls"] = len(prefill_calls) - before
+    assert runs["kernel_calls"] > 0 and runs["sdpa_calls"] == 0
+    for name in ("kernel", "sdpa"):
+        assert runs[name].tokens == runs["reference"].tokens
+        _close_logits(runs[name].extras["logits"], runs["reference"].extras["logits"], atol=2e-5)
+
+
 @pytest.mark.parametrize("kv_heads,group", [(1, 1), (2, 4), (1, 7)])
 @pytest.mark.parametrize("name", ["vertical_slash", "block_sparse"])
 def test_torch_executor_sparse_prefill_gathers_exactly_the_selection(name, kv_heads, group):

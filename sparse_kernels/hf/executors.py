@@ -210,14 +210,19 @@ class NamespaceExecutor(Executor):
     (``dense_attention(q, k, v, key_padding_mask, scale)``, ``prefill_attention(q, k, v, selection, scale)``,
     ``quest_attention(q, k, v, selection, scale)``), e.g. the Triton kernels. Decode over a cache whose heads
     have different valid lengths (Ada-SnapKV) goes to ``fallback`` (a :class:`TorchExecutor`) unless the
-    namespace also has ``masked_decode(q, k, v, valid, scale)``."""
+    namespace also has ``masked_decode(q, k, v, valid, scale)``. ``sdpa_dense_prefill``: dense prefill through
+    the fallback's SDPA call instead of the namespace (the Triton executor on CUDA: cuDNN's dense kernel is
+    1.4x faster than our tile kernel at 128K on an H100, and a dense baseline must run at its best)."""
 
-    def __init__(self, ns, fallback: Executor | None = None):
+    def __init__(self, ns, fallback: Executor | None = None, sdpa_dense_prefill: bool = False):
         self.ns = ns
         self.name = getattr(ns, "name", "namespace")
         self.fallback = fallback or TorchExecutor()
+        self.sdpa_dense_prefill = bool(sdpa_dense_prefill)
 
     def dense_prefill(self, q, k, v, key_padding_mask, scale):
+        if self.sdpa_dense_prefill:
+            return self.fallback.dense_prefill(q, k, v, key_padding_mask, scale)
         return self.ns.dense_attention(q, k, v, key_padding_mask, scale)
 
     def sparse_prefill(self, q, k, v, selection, scale):
@@ -245,7 +250,8 @@ class NamespaceExecutor(Executor):
 def _triton(device) -> Executor:
     from .. import triton as sk_triton
 
-    return NamespaceExecutor(sk_triton.get_executor("triton", device))
+    return NamespaceExecutor(sk_triton.get_executor("triton", device),
+                             sdpa_dense_prefill=torch.device(device or "cpu").type == "cuda")
 
 
 EXECUTORS = {"reference": ReferenceExecutor, "torch": TorchExecutor, "triton": _triton}
