@@ -528,9 +528,8 @@ def section_vs(res, args, dl, dense_ms):
         row["index_plus_attn_ms"] = bench(lambda: tile_attention(q, k, v, vs_layout(sel)), warmup=1)
         if args.sweep:
             t, cfg = best_config(lambda c: tile_attention(q, k, v, lay, config=c),
-                                 [dict(BLOCK_N=bn, num_warps=w, num_stages=s, BLOCK_C=bc, HEADS_FAST=hf)
-                                  for bn in (32, 64) for w in (4, 8) for s in (2, 3, 4) for bc in (32, 64)
-                                  for hf in (False, True)])
+                                 [dict(BLOCK_N=bn, num_warps=w, num_stages=s, BLOCK_C=bc)
+                                  for bn in (32, 64) for w in (4, 8) for s in (2, 3, 4) for bc in (32, 64)])
             row["attn_best_ms"], row["attn_best_cfg"] = t, cfg
         # the method's estimation step (window softmax + vertical / slash scores + top-k): its torch code
         # (probabilities materialised per GQA group) and the accelerated method's (Triton window sums)

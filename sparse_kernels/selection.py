@@ -315,7 +315,6 @@ def vs_block_index_from_layout(layout, b: int, n: int) -> VSBlockIndex:
     return VSBlockIndex(bs, rs[..., :R].contiguous(), re[..., :R].contiguous(), rcount, cols.contiguous(), ccnt)
 
 
-
 @dataclass
 class VerticalSlashSelection(_PrefillMaskMixin):
     """Prefill vertical-slash layout per (batch, q head).

@@ -97,8 +97,7 @@ def main(argv=None) -> int:
         for bm, tile_n, bn, bits, cols, nw, ns in configs:
             ok &= compile_kernel(prefill._sparse_prefill_kernel, T, dict(
                 BLOCK_D=128, BLOCK_M=bm, BLOCK_N=bn, SPLIT_N=tile_n // bn, HAS_BITS=bits, SUB_M=16, SUB_N=16,
-                BITS_PER_ROW=tile_n // 16, HAS_COLS=bool(cols), BLOCK_C=int(cols) or 64, EVEN_D=True, PREC=prec,
-                HEADS_FAST=False),
+                BITS_PER_ROW=tile_n // 16, HAS_COLS=bool(cols), BLOCK_C=int(cols) or 64, EVEN_D=True, PREC=prec),
                 arch, nw, ns, f"prefill tile {bm}x{tile_n} BLOCK_N={bn} bits={bits} cols={cols} w{nw}")
     if "vs" in only:
         ints = {k: "*i32" for k in ("SLASH", "SCNT", "VERT", "VCNT", "LEN", "TSTART", "TCNT", "TFULL", "COLS", "CCNT")}

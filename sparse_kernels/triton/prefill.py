@@ -253,14 +253,11 @@ def _sparse_prefill_kernel(
         H, GROUPS, NQT, D, qk_scale,
         BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_N: tl.constexpr,
         HAS_BITS: tl.constexpr, SUB_M: tl.constexpr, SUB_N: tl.constexpr, BITS_PER_ROW: tl.constexpr,
-        HAS_COLS: tl.constexpr, BLOCK_C: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr,
-        HEADS_FAST: tl.constexpr):
-    if HEADS_FAST:  # the heads of one query tile run side by side (GQA heads share K / V tiles in L2)
-        pid_bh = tl.program_id(0)
-        m = tl.num_programs(1) - 1 - tl.program_id(1)
-    else:
-        pid_bh = tl.program_id(1)
-        m = tl.num_programs(0) - 1 - tl.program_id(0)  # heavy (late) query tiles first
+        HAS_COLS: tl.constexpr, BLOCK_C: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr):
+    # heavy (late) query tiles first; a heads-fastest launch order (GQA heads side by side) was not faster
+    # for Vertical-Slash at 128K on the H100 (session 9 sweep)
+    pid_bh = tl.program_id(1)
+    m = tl.num_programs(0) - 1 - tl.program_id(0)
     b = pid_bh // H
     h = pid_bh % H
     kvh = h // GROUPS
@@ -412,10 +409,7 @@ def tile_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Ti
     o = (torch.empty(B, L, H, D, dtype=cdt, device=q.device).transpose(1, 2) if out is None or out.dtype != cdt
          else out)
     nqt = layout.num_q_tiles
-    heads_fast = bool(cfg.pop("HEADS_FAST", False))
     grid = (max(nqt, -(-L // layout.block_m)), B * H)
-    if heads_fast:
-        grid = grid[::-1]
     st, cnt, nf = layout.starts, layout.counts, layout.n_full
     has_bits = layout.bits is not None
     bits = layout.bits if has_bits else st
@@ -435,7 +429,7 @@ def tile_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Ti
         HAS_BITS=has_bits, SUB_M=max(layout.sub_m, 1), SUB_N=max(layout.sub_n, 1),
         BITS_PER_ROW=(layout.block_n // layout.sub_n) if has_bits else 1,
         HAS_COLS=has_cols, BLOCK_C=block_c, EVEN_D=(D == max(16, next_pow2(D))), PREC=dot_precision(cdt),
-        HEADS_FAST=heads_fast, **cfg)
+        **cfg)
     if o.dtype != in_dtype:
         o = o.to(in_dtype)
     if out is not None and out is not o:
