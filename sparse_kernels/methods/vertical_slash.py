@@ -104,8 +104,13 @@ class _VSBase:
             vertical_idx=pad_stack([p[0] for p in parts]), vertical_counts=torch.stack([p[2] for p in parts]),
             slash_offsets=pad_stack([p[1] for p in parts]), slash_counts=torch.stack([p[3] for p in parts]),
             seq_lens=lens, pad_offsets=off, length=L, block_size=self.block_size)
+        self._attach_layout(sel)
         sel.paper_sparsity = sel.block_granular_sparsity()
         return sel
+
+    def _attach_layout(self, sel: VerticalSlashSelection) -> None:
+        """Hook of the GPU variant (``sparse_kernels.triton.accelerate``): attach the kernel's tile layout, from
+        which the sparsity below is then counted. The reference keeps the block index."""
 
     def _row_scores(self, qr: torch.Tensor, kr: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Vertical / slash scores [H, n] of one row, computed one GQA group at a time to bound memory

@@ -20,17 +20,6 @@ The selections are the same objects the reference methods return (up to fp32 tie
 
 from __future__ import annotations
 
-import torch
-
-from ..selection import VerticalSlashSelection, pad_stack
-
-
-def _attach_gpu_index(sel: VerticalSlashSelection) -> VerticalSlashSelection:
-    from .vertical_slash import vs_layout
-
-    sel.tile_layout = vs_layout(sel)
-    return sel
-
 
 class _Proxy:
     def __init__(self, method):
@@ -75,14 +64,10 @@ def _vs_class(base):
             vsum, dsum = vs_window_sums(qr, kr, self.last_q, scale)
             return self._from_sums(vsum, dsum, min(self.last_q, qr.shape[1]))
 
-        def _assemble(self, parts, lens, off, L):
-            sel = VerticalSlashSelection(
-                vertical_idx=pad_stack([p[0] for p in parts]), vertical_counts=torch.stack([p[2] for p in parts]),
-                slash_offsets=pad_stack([p[1] for p in parts]), slash_counts=torch.stack([p[3] for p in parts]),
-                seq_lens=lens, pad_offsets=off, length=L, block_size=self.block_size)
-            _attach_gpu_index(sel)
-            sel.paper_sparsity = sel.block_granular_sparsity()
-            return sel
+        def _attach_layout(self, sel):
+            from .vertical_slash import vs_layout
+
+            sel.tile_layout = vs_layout(sel)
 
     VSGPU.accelerated = True
     VSGPU.__name__ = base.__name__ + "GPU"
