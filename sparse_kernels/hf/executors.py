@@ -247,11 +247,10 @@ class NamespaceExecutor(Executor):
         return self.fallback.decode(q, k, v, mask, scale)
 
 
-def _triton(device) -> Executor:
+def _triton(device: torch.device) -> Executor:
     from .. import triton as sk_triton
 
-    return NamespaceExecutor(sk_triton.get_executor("triton", device),
-                             sdpa_dense_prefill=torch.device(device or "cpu").type == "cuda")
+    return NamespaceExecutor(sk_triton.get_executor("triton", device), sdpa_dense_prefill=device.type == "cuda")
 
 
 EXECUTORS = {"reference": ReferenceExecutor, "torch": TorchExecutor, "triton": _triton}
