@@ -375,8 +375,10 @@ def section_dense(res, args, dl, flex_c):
     res.setdefault("dense", []).extend(rows)
 
 
-CONFIGS_128 = [dict(BLOCK_N=bn, num_warps=w, num_stages=s) for bn in (64, 128) for w in (4, 8) for s in (2, 3)]
-CONFIGS_64 = [dict(BLOCK_N=64, num_warps=w, num_stages=s) for w in (4, 8) for s in (2, 3, 4)]
+# prefill tile kernel: K / V through TMA (Hopper) or pointer loads
+CONFIGS_128 = [dict(BLOCK_N=bn, num_warps=w, num_stages=s, tma=t)
+               for t in (True, False) for bn in (64, 128) for w in (4, 8) for s in (2, 3)]
+CONFIGS_64 = [dict(BLOCK_N=64, num_warps=w, num_stages=s, tma=t) for t in (True, False) for w in (4, 8) for s in (2, 3, 4)]
 DECODE_CONFIGS = [dict(block_n=bn, num_warps=w, num_stages=s) for bn in (32, 64, 128) for w in (4, 8) for s in (2, 3)]
 # Quest's gathered attention reads ~1/10 of the cache: fewer tokens per split, so also fewer / more splits
 QUEST_CONFIGS = [dict(block_n=bn, num_warps=4, num_stages=st, num_splits=ns)
@@ -528,8 +530,8 @@ def section_vs(res, args, dl, dense_ms):
         row["index_plus_attn_ms"] = bench(lambda: tile_attention(q, k, v, vs_layout(sel)), warmup=1)
         if args.sweep:
             t, cfg = best_config(lambda c: tile_attention(q, k, v, lay, config=c),
-                                 [dict(BLOCK_N=bn, num_warps=w, num_stages=s, BLOCK_C=bc)
-                                  for bn in (32, 64) for w in (4, 8) for s in (2, 3, 4) for bc in (32, 64)])
+                                 [dict(BLOCK_N=64, num_warps=w, num_stages=s, BLOCK_C=bc, tma=t)
+                                  for t in (True, False) for w in (4, 8) for s in (2, 3) for bc in (32, 64)])
             row["attn_best_ms"], row["attn_best_cfg"] = t, cfg
         # the method's estimation step (window softmax + vertical / slash scores + top-k): its torch code
         # (probabilities materialised per GQA group) and the accelerated method's (Triton window sums)

@@ -91,14 +91,19 @@ def main(argv=None) -> int:
     if "prefill" in only:
         T = {"Q": p, "K": p, "V": p, "O": p, "TSTART": "*i32", "TCNT": "*i32", "TFULL": "*i32", "TBITS": "*i64",
              "COLS": "*i32", "CCNT": "*i32", "OFF": "*i32", "LEN": "*i32", "qk_scale": "fp32"}
-        configs = [(128, 128, 64, False, False, 8, 3), (128, 128, 128, False, False, 8, 3),
-                   (64, 64, 64, False, False, 4, 3), (64, 64, 64, True, False, 4, 3), (128, 64, 64, True, False, 8, 3),
-                   (64, 64, 64, False, 32, 4, 3), (64, 64, 64, False, 64, 4, 3)]
-        for bm, tile_n, bn, bits, cols, nw, ns in configs:
+        configs = [(128, 128, 64, False, False, 8, 3, False), (128, 128, 128, False, False, 8, 3, False),
+                   (64, 64, 64, False, False, 4, 3, False), (64, 64, 64, True, False, 4, 3, False),
+                   (128, 64, 64, True, False, 8, 3, False), (64, 64, 64, False, 32, 4, 3, False),
+                   (64, 64, 64, False, 64, 4, 3, False)]
+        if dt != "fp32":   # TMA (tensor descriptors) for 16-bit K / V
+            configs += [(128, 128, 64, False, False, 4, 2, True), (128, 128, 64, True, False, 4, 2, True),
+                        (64, 64, 64, False, 32, 4, 2, True)]
+        for bm, tile_n, bn, bits, cols, nw, ns, tma in configs:
             ok &= compile_kernel(prefill._sparse_prefill_kernel, T, dict(
                 BLOCK_D=128, BLOCK_M=bm, BLOCK_N=bn, SPLIT_N=tile_n // bn, HAS_BITS=bits, SUB_M=16, SUB_N=16,
-                BITS_PER_ROW=tile_n // 16, HAS_COLS=bool(cols), BLOCK_C=int(cols) or 64, EVEN_D=True, PREC=prec),
-                arch, nw, ns, f"prefill tile {bm}x{tile_n} BLOCK_N={bn} bits={bits} cols={cols} w{nw}")
+                BITS_PER_ROW=tile_n // 16, HAS_COLS=bool(cols), BLOCK_C=int(cols) or 64, EVEN_D=True, PREC=prec,
+                USE_TMA=tma), arch, nw, ns, f"prefill tile {bm}x{tile_n} BLOCK_N={bn} bits={bits} cols={cols} w{nw}"
+                + (" tma" if tma else ""))
     if "vs" in only:
         ints = {k: "*i32" for k in ("SLASH", "SCNT", "VERT", "VCNT", "LEN", "TSTART", "TCNT", "TFULL", "COLS", "CCNT")}
         ok &= compile_kernel(vertical_slash._vs_index_kernel, ints, dict(BS=64, BLOCK_S=128), arch, 1, 1,

@@ -130,17 +130,18 @@ def _decode_partial_kernel(
         else:
             acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :].to(tl.float32), 1)
         m_i = m_new
-    base = (pid_bg.to(tl.int64) * NSPLIT + split) * BLOCK_R
-    tl.store(M_OUT + base + offs_r, m_i)
-    tl.store(L_OUT + base + offs_r, l_i)
-    tl.store(ACC_OUT + (base + offs_r)[:, None] * BLOCK_D + offs_d[None, :], acc)
+    # partials of the real rows only (the tile's padding rows to 16 are never combined)
+    base = (pid_bg.to(tl.int64) * NSPLIT + split) * (GROUPS * LQ)
+    tl.store(M_OUT + base + offs_r, m_i, mask=row_ok)
+    tl.store(L_OUT + base + offs_r, l_i, mask=row_ok)
+    tl.store(ACC_OUT + (base + offs_r)[:, None] * BLOCK_D + offs_d[None, :], acc, mask=row_ok[:, None])
 
 
 @triton.jit
 def _decode_combine_kernel(M_IN, L_IN, ACC_IN, O,
                            stride_ob, stride_oh, stride_om, stride_od,
                            Hkv, GROUPS, LQ, D, NSPLIT,
-                           BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+                           BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_bg = tl.program_id(0)
     r = tl.program_id(1)
     b = pid_bg // Hkv
@@ -149,7 +150,7 @@ def _decode_combine_kernel(M_IN, L_IN, ACC_IN, O,
         offs_s = tl.arange(0, BLOCK_S)
         offs_d = tl.arange(0, BLOCK_D)
         s_ok = offs_s < NSPLIT
-        base = (pid_bg.to(tl.int64) * NSPLIT + offs_s) * BLOCK_R + r
+        base = (pid_bg.to(tl.int64) * NSPLIT + offs_s) * (GROUPS * LQ) + r
         mm = tl.load(M_IN + base, mask=s_ok, other=float("-inf"))
         ll = tl.load(L_IN + base, mask=s_ok, other=0.0)
         mx = tl.max(mm, 0)
@@ -223,9 +224,9 @@ def gathered_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, pages:
         want = max(1, -(-2 * num_sms(dev) // max(1, B * Hkv)))
         num_splits = max(1, min(want, -(-max(max_tokens, 1) // (4 * block_n))))
     num_splits = int(num_splits)
-    m_buf = torch.empty(B * Hkv * num_splits * block_r, dtype=torch.float32, device=dev)
+    m_buf = torch.empty(B * Hkv * num_splits * rows, dtype=torch.float32, device=dev)
     l_buf = torch.empty_like(m_buf)
-    acc_buf = torch.empty(B * Hkv * num_splits * block_r, block_d, dtype=torch.float32, device=dev)
+    acc_buf = torch.empty(B * Hkv * num_splits * rows, block_d, dtype=torch.float32, device=dev)
     pg = pages if has_pages else some
     cn = counts if has_pages else some
     bits = i32(page_bits) if has_bits else some
@@ -246,7 +247,7 @@ def gathered_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, pages:
     out = torch.empty(B, H, Lq, D, dtype=in_dtype, device=dev)
     _decode_combine_kernel[(B * Hkv, rows)](
         m_buf, l_buf, acc_buf, out, *out.stride(), Hkv, groups, Lq, D, num_splits,
-        BLOCK_S=max(2, next_pow2(num_splits)), BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4)
+        BLOCK_S=max(2, next_pow2(num_splits)), BLOCK_D=block_d, num_warps=4)
     return out
 
 

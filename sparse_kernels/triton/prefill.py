@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LOG2E, check_gqa, compute_dtype, dot_precision, i32, next_pow2, prep, resolve_scale
+from ._common import LOG2E, check_gqa, compute_dtype, dot_precision, i32, interpreting, next_pow2, prep, resolve_scale
 
 
 # --------------------------------------------------------------------------------------------------
@@ -253,7 +253,8 @@ def _sparse_prefill_kernel(
         H, GROUPS, NQT, D, qk_scale,
         BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_N: tl.constexpr,
         HAS_BITS: tl.constexpr, SUB_M: tl.constexpr, SUB_N: tl.constexpr, BITS_PER_ROW: tl.constexpr,
-        HAS_COLS: tl.constexpr, BLOCK_C: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr):
+        HAS_COLS: tl.constexpr, BLOCK_C: tl.constexpr, EVEN_D: tl.constexpr, PREC: tl.constexpr,
+        USE_TMA: tl.constexpr):
     # heavy (late) query tiles first; a heads-fastest launch order (GQA heads side by side) was not faster
     # for Vertical-Slash at 128K on the H100 (session 9 sweep)
     pid_bh = tl.program_id(1)
@@ -282,6 +283,11 @@ def _sparse_prefill_kernel(
         k_base = K + b64 * stride_kb + kvh.to(tl.int64) * stride_kh
         v_base = V + b64 * stride_vb + kvh.to(tl.int64) * stride_vh
         rows_abs = (off + offs_m).to(tl.int64)
+        if USE_TMA:  # key / value tiles through the Hopper tensor memory accelerator; rows >= off + n read 0
+            k_desc = tl.make_tensor_descriptor(k_base, shape=[off + n, BLOCK_D], strides=[stride_kn, 1],
+                                               block_shape=[BLOCK_N, BLOCK_D])
+            v_desc = tl.make_tensor_descriptor(v_base, shape=[off + n, BLOCK_D], strides=[stride_vn, 1],
+                                               block_shape=[BLOCK_N, BLOCK_D])
         if EVEN_D:
             q = tl.load(q_base + rows_abs[:, None] * stride_qm + offs_d[None, :] * stride_qd,
                         mask=row_ok[:, None], other=0.0)
@@ -295,11 +301,16 @@ def _sparse_prefill_kernel(
         cnt = tl.load(TCNT + c_off)
         nfull = tl.load(TFULL + c_off)
         t_base = TSTART + b64 * stride_tb + h.to(tl.int64) * stride_th + m.to(tl.int64) * stride_tm
+        # A layout tile of SPLIT_N x BLOCK_N keys is visited as SPLIT_N loop iterations of one BLOCK_N tile each
+        # (one flat loop: a statically unrolled inner loop doubled the body and spilled registers with TMA).
         # ---- tiles every row sees entirely: no mask
-        for i in range(0, nfull):
-            start = tl.load(t_base + i)
-            for s in tl.static_range(SPLIT_N):
-                kpos = (off + start + s * BLOCK_N + offs_n).to(tl.int64)
+        for j in range(0, nfull * SPLIT_N):
+            kstart = off + tl.load(t_base + j // SPLIT_N) + (j % SPLIT_N) * BLOCK_N
+            if USE_TMA:
+                k = k_desc.load([kstart, 0])
+                v = v_desc.load([kstart, 0])
+            else:
+                kpos = (kstart + offs_n).to(tl.int64)
                 if EVEN_D:
                     k = tl.load(k_base + kpos[:, None] * stride_kn + offs_d[None, :] * stride_kd)
                     v = tl.load(v_base + kpos[:, None] * stride_vn + offs_d[None, :] * stride_vd)
@@ -308,40 +319,45 @@ def _sparse_prefill_kernel(
                                 mask=d_ok[None, :], other=0.0)
                     v = tl.load(v_base + kpos[:, None] * stride_vn + offs_d[None, :] * stride_vd,
                                 mask=d_ok[None, :], other=0.0)
-                qk = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-                # online softmax (inlined: nested jit calls are slow in the interpreter)
-                m_new = tl.maximum(m_i, tl.max(qk, 1))
-                p = tl.math.exp2(qk - m_new[:, None])
-                alpha = tl.math.exp2(m_i - m_new)
-                l_i = l_i * alpha + tl.sum(p, 1)
-                acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PREC)
-                m_i = m_new
+            qk = tl.dot(q, tl.trans(k), input_precision=PREC)
+            # online softmax (inlined: nested jit calls are slow in the interpreter); scale and shift in one FMA
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+            p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PREC)
+            m_i = m_new
         # ---- tiles on the diagonal / at the sequence end / partially kept: masked
-        for i in range(nfull, cnt):
+        for j in range(nfull * SPLIT_N, cnt * SPLIT_N):
+            i = j // SPLIT_N
+            s = j % SPLIT_N
             start = tl.load(t_base + i)
             if HAS_BITS:
                 tbits = tl.load(TBITS + b64 * stride_tb + h.to(tl.int64) * stride_th + m.to(tl.int64) * stride_tm + i)
-            for s in tl.static_range(SPLIT_N):
-                kloc = start + s * BLOCK_N + offs_n
-                k_ok = kloc < n
+            kloc = start + s * BLOCK_N + offs_n
+            k_ok = kloc < n
+            if USE_TMA:
+                k = k_desc.load([off + start + s * BLOCK_N, 0])
+                v = v_desc.load([off + start + s * BLOCK_N, 0])
+            else:
                 kpos = (off + kloc).to(tl.int64)
                 k = tl.load(k_base + kpos[:, None] * stride_kn + offs_d[None, :] * stride_kd,
                             mask=k_ok[:, None] & d_ok[None, :], other=0.0)
                 v = tl.load(v_base + kpos[:, None] * stride_vn + offs_d[None, :] * stride_vd,
                             mask=k_ok[:, None] & d_ok[None, :], other=0.0)
-                qk = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-                keep = (kloc[None, :] <= offs_m[:, None]) & k_ok[None, :]
-                if HAS_BITS:
-                    sub = (offs_r // SUB_M)[:, None] * BITS_PER_ROW + ((s * BLOCK_N + offs_n) // SUB_N)[None, :]
-                    keep = keep & (((tbits >> sub.to(tl.int64)) & 1) != 0)
-                qk = tl.where(keep, qk, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(qk, 1))
-                m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)  # fully masked rows: no NaN
-                p = tl.math.exp2(qk - m_sub[:, None])
-                alpha = tl.math.exp2(m_i - m_sub)
-                l_i = l_i * alpha + tl.sum(p, 1)
-                acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PREC)
-                m_i = m_new
+            qk = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+            keep = (kloc[None, :] <= offs_m[:, None]) & k_ok[None, :]
+            if HAS_BITS:
+                sub = (offs_r // SUB_M)[:, None] * BITS_PER_ROW + ((s * BLOCK_N + offs_n) // SUB_N)[None, :]
+                keep = keep & (((tbits >> sub.to(tl.int64)) & 1) != 0)
+            qk = tl.where(keep, qk, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)  # fully masked rows: no NaN
+            p = tl.math.exp2(qk - m_sub[:, None])
+            alpha = tl.math.exp2(m_i - m_sub)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PREC)
+            m_i = m_new
         # ---- gathered single columns (Vertical-Slash verticals)
         if HAS_COLS:
             offs_c = tl.arange(0, BLOCK_C)
@@ -373,12 +389,52 @@ def _sparse_prefill_kernel(
                  out.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
 
 
-def default_config(layout: TileLayout, head_dim: int, dtype: torch.dtype) -> dict:
-    """Launch parameters: kernel key-tile width (divides the layout's block_n), warps and pipeline depth."""
+def tma_ok(*ts: torch.Tensor) -> bool:
+    """Whether the key / value tiles can be read through device-side tensor descriptors (Hopper's TMA): a GPU of
+    compute capability >= 9, fp16 / bf16, a power-of-two head dim and 16-byte aligned bases and row strides."""
+    if interpreting() or not hasattr(tl, "make_tensor_descriptor"):
+        return False
+    for t in ts:
+        if not t.is_cuda or t.dtype not in (torch.float16, torch.bfloat16) or t.stride(-1) != 1:
+            return False
+        if torch.cuda.get_device_capability(t.device)[0] < 9:
+            return False
+        d = t.shape[-1]
+        if d < 16 or d != next_pow2(d) or t.data_ptr() % 16:
+            return False
+        if any(st * t.element_size() % 16 for st in t.stride()[:-1]):
+            return False
+    return True
+
+
+def _scratch(size: int, alignment: int, stream) -> torch.Tensor:
+    """Global scratch for the device-side tensor descriptors (``triton.set_allocator``)."""
+    return torch.empty(size, dtype=torch.int8, device="cpu" if interpreting() else "cuda")
+
+
+def _ensure_allocator() -> None:
+    """Device-side descriptors need Triton's scratch allocator; set ours unless the caller has set one (a
+    context variable: per thread)."""
+    try:
+        from triton.runtime import _allocation
+        if not isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+            return
+    except (ImportError, AttributeError):
+        pass
+    triton.set_allocator(_scratch)
+
+
+def default_config(layout: TileLayout, head_dim: int, dtype: torch.dtype, tma: bool = False) -> dict:
+    """Launch parameters: kernel key-tile width (divides the layout's block_n), warps, pipeline depth and
+    whether K / V go through TMA. With TMA, 128-row query tiles run best on one warp group with two stages
+    (dense causal at 128K on the H100: 541 TF/s against 415 for pointer loads with 8 warps and three stages,
+    ``bench/exp_hopper_prefill.py``)."""
     bn = min(layout.block_n, 64)
+    if tma:
+        return {"BLOCK_N": bn, "num_warps": 4, "num_stages": 2, "tma": True}
     if layout.block_m >= 128:
-        return {"BLOCK_N": bn, "num_warps": 8, "num_stages": 3}
-    return {"BLOCK_N": bn, "num_warps": 4, "num_stages": 3}
+        return {"BLOCK_N": bn, "num_warps": 8, "num_stages": 3, "tma": False}
+    return {"BLOCK_N": bn, "num_warps": 4, "num_stages": 3, "tma": False}
 
 
 def tile_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: TileLayout,
@@ -396,10 +452,15 @@ def tile_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Ti
     qc, kc, vc = prep(q), prep(k), prep(v)
     cdt = qc.dtype
     kc, vc = kc.to(cdt), vc.to(cdt)
-    cfg = dict(default_config(layout, D, cdt))
+    cfg = dict(default_config(layout, D, cdt, tma_ok(kc, vc)))
     if config:
         cfg.update(config)
     bn = int(cfg.pop("BLOCK_N"))
+    use_tma = bool(cfg.pop("tma"))
+    if use_tma:
+        if D != max(16, next_pow2(D)) or kc.stride(-1) != 1 or vc.stride(-1) != 1:
+            raise ValueError("tma needs a power-of-two head dim and contiguous rows")
+        _ensure_allocator()
     if layout.block_n % bn:
         raise ValueError(f"BLOCK_N={bn} must divide the layout tile width {layout.block_n}")
     if layout.bits is not None and bn % layout.sub_n and layout.sub_n % bn:
@@ -429,7 +490,7 @@ def tile_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Ti
         HAS_BITS=has_bits, SUB_M=max(layout.sub_m, 1), SUB_N=max(layout.sub_n, 1),
         BITS_PER_ROW=(layout.block_n // layout.sub_n) if has_bits else 1,
         HAS_COLS=has_cols, BLOCK_C=block_c, EVEN_D=(D == max(16, next_pow2(D))), PREC=dot_precision(cdt),
-        **cfg)
+        USE_TMA=use_tma, **cfg)
     if o.dtype != in_dtype:
         o = o.to(in_dtype)
     if out is not None and out is not o:
@@ -438,4 +499,4 @@ def tile_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Ti
     return o
 
 
-__all__ = ["TileLayout", "block_layout", "causal_layout", "tile_attention", "default_config"]
+__all__ = ["TileLayout", "block_layout", "causal_layout", "tile_attention", "default_config", "tma_ok"]
