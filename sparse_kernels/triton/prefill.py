@@ -235,6 +235,20 @@ def causal_layout(batch: int, heads: int, length: int, block_m: int, block_n: in
 # kernel
 
 
+@triton.jit
+def _masked_softmax_step(qk, keep, v, m_i, l_i, acc, PREC: tl.constexpr):
+    """One online-softmax step over a masked score tile (exp2 domain, scores already scaled); rows with every
+    key masked so far keep m = -inf and add nothing (no NaN)."""
+    qk = tl.where(keep, qk, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(qk - m_sub[:, None])
+    alpha = tl.math.exp2(m_i - m_sub)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PREC)
+    return m_new, l_i, acc
+
+
 # Length-dependent integers that only address the layout lists (scalar loads) are not specialised on: a
 # prompt length whose tile count is not a multiple of 16 would otherwise compile a new variant (about a second
 # at 128K) after a warm-up at another length. The q / k / v strides stay specialised (vectorised loads).
@@ -320,7 +334,7 @@ def _sparse_prefill_kernel(
                     v = tl.load(v_base + kpos[:, None] * stride_vn + offs_d[None, :] * stride_vd,
                                 mask=d_ok[None, :], other=0.0)
             qk = tl.dot(q, tl.trans(k), input_precision=PREC)
-            # online softmax (inlined: nested jit calls are slow in the interpreter); scale and shift in one FMA
+            # online softmax, unmasked (scale and shift in one FMA)
             m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
             p = tl.math.exp2(qk * qk_scale - m_new[:, None])
             alpha = tl.math.exp2(m_i - m_new)
@@ -350,14 +364,7 @@ def _sparse_prefill_kernel(
             if HAS_BITS:
                 sub = (offs_r // SUB_M)[:, None] * BITS_PER_ROW + ((s * BLOCK_N + offs_n) // SUB_N)[None, :]
                 keep = keep & (((tbits >> sub.to(tl.int64)) & 1) != 0)
-            qk = tl.where(keep, qk, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(qk, 1))
-            m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)  # fully masked rows: no NaN
-            p = tl.math.exp2(qk - m_sub[:, None])
-            alpha = tl.math.exp2(m_i - m_sub)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PREC)
-            m_i = m_new
+            m_i, l_i, acc = _masked_softmax_step(qk, keep, v, m_i, l_i, acc, PREC)
         # ---- gathered single columns (Vertical-Slash verticals)
         if HAS_COLS:
             offs_c = tl.arange(0, BLOCK_C)
@@ -375,14 +382,7 @@ def _sparse_prefill_kernel(
                             mask=c_ok[:, None] & d_ok[None, :], other=0.0)
                 qk = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
                 keep = c_ok[None, :] & (cidx[None, :] <= offs_m[:, None])
-                qk = tl.where(keep, qk, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(qk, 1))
-                m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)  # fully masked rows: no NaN
-                p = tl.math.exp2(qk - m_sub[:, None])
-                alpha = tl.math.exp2(m_i - m_sub)
-                l_i = l_i * alpha + tl.sum(p, 1)
-                acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PREC)
-                m_i = m_new
+                m_i, l_i, acc = _masked_softmax_step(qk, keep, v, m_i, l_i, acc, PREC)
         l_safe = tl.where(l_i > 0, l_i, 1.0)
         out = acc / l_safe[:, None]
         tl.store(o_base + rows_abs[:, None] * stride_om + offs_d[None, :] * stride_od,
