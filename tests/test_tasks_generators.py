@@ -109,10 +109,10 @@ ITEM_RE = re.compile(r"\b(?:%s) (?:%s) (?:%s)\b" % ("|".join(W.ITEM_ADJECTIVES),
                                                     "|".join(W.ITEM_TYPES)))
 
 
-def parse_story(ctx: str):
+def parse_story(ctx: str, first: int = 1):
     """Independent reading of a narrative: per chapter its location, character, items bought and sold."""
     chapters = []
-    for k, block in enumerate(ctx.split("\n\n"), 1):
+    for k, block in enumerate(ctx.split("\n\n"), first):
         head, body = block.split("\n", 1)
         assert head == f"Chapter {k}:"
         sentences = re.split(r"(?<=\.) ", body)
@@ -233,3 +233,33 @@ def test_story_retrieval_kind_weights_steer_the_question_kinds(renderer):
     assert plain.build(5).prompt == explicit_none.build(5).prompt
     with pytest.raises(ValueError, match="kind_weights"):
         cls(renderer, 1024, "direct", kind_weights={"weapon": 1})
+
+
+def test_story_first_chapter_renumbers_the_chapters_consistently(renderer):
+    retrieval, filtering = load_task_class("story_retrieval"), load_task_class("story_filtering")
+    task = retrieval(renderer, 1024, "direct", first_chapter=[20, 40])
+    firsts = set()
+    for i in range(6):
+        s = task.build(i)
+        first = int(re.match(r"Chapter (\d+):", context_of(s.prompt)).group(1))
+        assert 20 <= first <= 40
+        firsts.add(first)
+        chapters = parse_story(context_of(s.prompt), first)       # consecutive headers from the drawn first
+        check_inventory(chapters)
+        lines = question_of(s.prompt).split("\n")
+        for line, c, kind, gold in zip(lines, s.gold["chapters"], s.gold["kinds"], s.gold["answers"]):
+            assert line.endswith(f"in chapter {c}?") and first <= c < first + len(chapters)
+            ch = chapters[c - first]
+            assert gold == {"location": next(iter(ch["location"])), "character": next(iter(ch["character"])),
+                            "item": ch["bought"][0]}[kind]
+        assert task.score(f"<answer>\n{s.answer}\n</answer>", s.gold) == 1.0
+    assert len(firsts) >= 3                                         # drawn per sample
+    f = filtering(renderer, 1024, "direct", first_chapter=37).build(0)
+    chapters = parse_story(context_of(f.prompt), 37)
+    assert [k for k, c in enumerate(chapters, 37) if not c["bought"]] == f.gold["chapters"]
+    # the default numbers from 1, and an explicit 1 is the same sample (test_tasks_determinism pins its bytes)
+    assert retrieval(renderer, 1024, "direct", first_chapter=1).build(3).prompt == \
+        retrieval(renderer, 1024, "direct").build(3).prompt
+    for bad in (0, [5, 2], [1], "7", True):
+        with pytest.raises(ValueError, match="first_chapter"):
+            retrieval(renderer, 1024, "direct", first_chapter=bad)

@@ -70,8 +70,9 @@ class Chapter:
 class Narrative:
     """Chapters drawn lazily, one after the other, from one RNG (so prefixes agree across lengths)."""
 
-    def __init__(self, rng: random.Random):
+    def __init__(self, rng: random.Random, first: int = 1):
         self.rng = rng
+        self.first = first                   # number of the first chapter
         self.chapters: list[Chapter] = []
         self._pairs: set[tuple[int, int]] = set()
         self._items: set[tuple[int, int, int]] = set()
@@ -120,7 +121,7 @@ class Narrative:
                  "a_item": with_article(item), "item": item, "sold": sold}
         sentences = {s: t.format_map(slots) if "{" in t else t for s, t in templates.items()}
         self._held.append(item)
-        self.chapters.append(Chapter(len(self.chapters) + 1, location, character, event, item, sold, sentences))
+        self.chapters.append(Chapter(self.first + len(self.chapters), location, character, event, item, sold, sentences))
 
 
 _LINE_RE = re.compile(r"^\s*(\d+)\s*[.:)]\s*(.*?)\s*$")
@@ -133,10 +134,30 @@ def norm(text: str) -> str:
     return _ARTICLE_RE.sub("", t)
 
 
+# parameters every story task takes. first_chapter: the number of the first chapter, an int, or [lo, hi] to draw it
+# per sample (uniform, inclusive). A training-data knob: with stories numbered from 1, short contexts only hold
+# one-digit chapters, while the questions of long ones mostly name two-digit chapters (docs/reference_models.md,
+# session 11); evaluations keep the default 1.
+STORY_DEFAULTS = {"first_chapter": 1}
+
+
 class _StoryTask(Task):
     """Shared narrative construction and length control; subclasses define questions and answers."""
 
     min_chapters = 1
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        f = self.params["first_chapter"]
+        ok = (isinstance(f, int) and f >= 1) or (
+            isinstance(f, (list, tuple)) and len(f) == 2 and all(isinstance(v, int) for v in f) and 1 <= f[0] <= f[1])
+        if not ok or isinstance(f, bool):
+            raise ValueError(f"task {self.name}: first_chapter must be an integer >= 1 or [lo, hi] with "
+                             f"1 <= lo <= hi, got {f!r}")
+
+    def first_chapter(self, rng: random.Random) -> int:
+        f = self.params["first_chapter"]
+        return f if isinstance(f, int) else rng.randint(f[0], f[1])
 
     def questions(self, chapters: list[Chapter], rng: random.Random):
         """-> (PromptSpec, drop: {chapter index: frozenset(slots)}, answer text, gold dict, meta dict)."""
@@ -148,8 +169,8 @@ class _StoryTask(Task):
 
     def build(self, sample_id: int) -> Sample:
         rng = self.rng(sample_id)
-        narrative = Narrative(random.Random(rng.getrandbits(64)))
-        question_seed = rng.getrandbits(64)
+        narrative_seed, question_seed = rng.getrandbits(64), rng.getrandbits(64)
+        narrative = Narrative(random.Random(narrative_seed), self.first_chapter(rng))   # draws only for [lo, hi]
         renderer = self.renderer
         low, target = window(self.length)
         aim = target - (target - low) / 4
@@ -224,7 +245,7 @@ class StoryRetrieval(_StoryTask):
     # kind_weights (None = uniform): how often each question kind is drawn, e.g. {"item": 3, "location": 1,
     # "character": 1}; a training-data knob (items are the hard kind: one mention per chapter, see
     # docs/reference_models.md), evaluations keep the default.
-    defaults = {"num_queries": 16, "kind_weights": None}
+    defaults = {**STORY_DEFAULTS, "num_queries": 16, "kind_weights": None}
 
     KINDS = ("location", "character", "item")
     _QUESTION = {
@@ -281,8 +302,9 @@ class StoryRetrieval(_StoryTask):
         return self._spec(lines), {}, answer, gold, {"num_queries": q}
 
     @staticmethod
-    def score(prediction: str, gold: dict) -> float:
-        answers = gold["answers"]
+    def answer_lines(prediction: str) -> dict[int, str]:
+        """Normalised answer per question number: the first numbered line of each number in the answer section
+        (the whole prediction without one)."""
         block = extract_answer(prediction)
         text = prediction if block is None else block
         found: dict[int, str] = {}
@@ -290,6 +312,12 @@ class StoryRetrieval(_StoryTask):
             m = _LINE_RE.match(line)
             if m:
                 found.setdefault(int(m.group(1)), norm(m.group(2)))
+        return found
+
+    @staticmethod
+    def score(prediction: str, gold: dict) -> float:
+        answers = gold["answers"]
+        found = StoryRetrieval.answer_lines(prediction)
         correct = sum(1 for i, a in enumerate(answers, 1) if i in found and found[i] == norm(a))
         return correct / len(answers)
 
@@ -297,7 +325,7 @@ class StoryRetrieval(_StoryTask):
 class StoryMultiHop(_StoryTask):
     name = "story_multihop"
     version = "1"
-    defaults: dict = {}
+    defaults = dict(STORY_DEFAULTS)
     min_chapters = 2
 
     @staticmethod
@@ -333,7 +361,7 @@ class StoryMultiHop(_StoryTask):
 class StoryFiltering(_StoryTask):
     name = "story_filtering"
     version = "1"
-    defaults = {"chapters_in_question": 3}
+    defaults = {**STORY_DEFAULTS, "chapters_in_question": 3}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
