@@ -4,17 +4,14 @@ what the wrong answers are (taken from another chapter, not in the story, missin
     python bench/story_retrieval_breakdown.py [--model models/ref-20m] [--lengths 2048 4096] [--samples 8]
 
 Dense greedy generation through the trainer's ``DenseEvaluator`` (fp32 on the CPU, bf16 on a GPU) on the
-evaluation seeds (43 + i: the default study's and the model cards' samples). A wrong answer counts as "from
-another chapter" when its normalised text occurs in the text of some other chapter (locations and characters can
-recur across chapters; an item is bought in one chapter and may be sold in a later one). Diagnostic, not a test.
+evaluation seeds (43 + i: the default study's and the model cards' samples); the per-question reading is
+``StoryRetrieval.question_results``. Diagnostic, not a test.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -25,42 +22,7 @@ sys.path.insert(0, str(ROOT))
 from sparse_kernels.hf.generate import greedy_generate  # noqa: E402
 from workflow_scripts.tasks import load_task_class  # noqa: E402
 from workflow_scripts.tasks.base import Renderer  # noqa: E402
-from workflow_scripts.tasks.story import norm  # noqa: E402
 from workflow_scripts.train_reference import EVAL_SEED, DenseEvaluator  # noqa: E402
-
-_CHAPTER_RE = re.compile(r"Chapter (\d+):\n(.*?)(?=\n\nChapter \d+:|\Z)", re.S)
-
-
-def band(chapter: int) -> str:
-    return "1-9" if chapter < 10 else f"{chapter // 10 * 10}-{chapter // 10 * 10 + 9}"
-
-
-def question_rows(cls, sample, prediction: str) -> list[dict]:
-    """One row per question of ``sample``: asked chapter, kind, correct, and where a wrong answer comes from."""
-    chapters = {int(m.group(1)): norm(m.group(2)) for m in _CHAPTER_RE.finditer(sample.prompt)}
-    found = cls.answer_lines(prediction)
-    rows = []
-    for q, (answer, kind, chapter) in enumerate(zip(sample.gold["answers"], sample.gold["kinds"],
-                                                    sample.gold["chapters"]), 1):
-        pred = found.get(q)
-        ok = pred == norm(answer)
-        if ok:
-            source = "correct"
-        elif not pred:
-            source = "missing"
-        else:
-            others = [c for c, text in chapters.items() if c != chapter and pred in text]
-            source = "other chapter" if others else "not in story"
-        rows.append({"chapter": chapter, "kind": kind, "ok": ok, "source": source, "prediction": pred,
-                     "answer": norm(answer)})
-    return rows
-
-
-def table(rows: list[dict], key) -> str:
-    groups = collections.defaultdict(list)
-    for r in rows:
-        groups[key(r)].append(r["ok"])
-    return ", ".join(f"{k} {sum(v) / len(v):.2f} ({len(v)})" for k, v in sorted(groups.items()))
 
 
 def main() -> None:
@@ -91,14 +53,14 @@ def main() -> None:
             ids = tok(s.prompt, add_special_tokens=False)["input_ids"]
             gen = greedy_generate(ev.model, [ids], a.max_new_tokens, {tok.eos_token_id}, tok.pad_token_id,
                                   session=ev.session)
-            rows += question_rows(cls, s, tok.decode(gen.tokens[0], skip_special_tokens=True))
+            rows += cls.question_results(s, tok.decode(gen.tokens[0], skip_special_tokens=True))
         out[length] = rows
-        wrong = collections.Counter(r["source"] for r in rows if not r["ok"])
+        b = cls.breakdown(rows)
         print(f"{Path(a.model).name} story_retrieval@{length}: {sum(r['ok'] for r in rows) / len(rows):.3f} "
               f"over {len(rows)} questions of {a.samples} samples ({time.time() - t0:.0f} s)")
-        print(f"  per kind:    {table(rows, lambda r: r['kind'])}")
-        print(f"  per chapter: {table(rows, lambda r: band(r['chapter']))}")
-        print(f"  wrong:       {dict(wrong)}", flush=True)
+        print(f"  per kind:    {b['kind']}")
+        print(f"  per chapter: {b['chapters']}")
+        print(f"  wrong:       {b['wrong']}", flush=True)
     if a.out:
         Path(a.out).write_text(json.dumps(out, indent=1))
 

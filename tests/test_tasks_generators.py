@@ -263,3 +263,38 @@ def test_story_first_chapter_renumbers_the_chapters_consistently(renderer):
     for bad in (0, [5, 2], [1], "7", True):
         with pytest.raises(ValueError, match="first_chapter"):
             retrieval(renderer, 1024, "direct", first_chapter=bad)
+
+
+def test_story_retrieval_question_results_and_breakdown_classify_each_answer(renderer):
+    cls = load_task_class("story_retrieval")
+    s = cls(renderer, 2048, "direct").build(2)
+    chapters = parse_story(context_of(s.prompt))
+    gold, kinds, asked = s.gold["answers"], s.gold["kinds"], s.gold["chapters"]
+
+    def fact(k: int, kind: str) -> str:                 # the kind's fact of chapter k (1-based), as written
+        ch = chapters[k - 1]
+        return {"location": next(iter(ch["location"])), "character": next(iter(ch["character"])),
+                "item": ch["bought"][0]}[kind]
+
+    # answer 2 with the same kind of fact from a chapter where it differs; 3 invented; 4 left out; others right
+    other = next(k for k in range(1, len(chapters) + 1) if k != asked[1] and fact(k, kinds[1]) != gold[1])
+    lines = {i: a for i, a in enumerate(gold, 1)}
+    lines[2], lines[3] = fact(other, kinds[1]), "the purple elephant"
+    del lines[4]
+    prediction = "<answer>\n" + "\n".join(f"{i}. {a}" for i, a in sorted(lines.items())) + "\n</answer>"
+    rows = cls.question_results(s, prediction)
+    assert [r["source"] for r in rows[:4]] == ["correct", "other chapter", "not in story", "missing"]
+    assert all(r["source"] == "correct" for r in rows[4:]) and [r["chapter"] for r in rows] == asked
+    assert cls.score(prediction, s.gold) == sum(r["ok"] for r in rows) / len(rows) == (len(gold) - 3) / len(gold)
+
+    b = cls.breakdown(rows)
+    assert b["wrong"] == {"missing": 1, "not in story": 1, "other chapter": 1} and b["questions"] == len(gold)
+    for kind in set(kinds):                              # hand count per kind and per band of ten chapters
+        own = [i for i, k in enumerate(kinds) if k == kind]
+        assert b["kind"][kind] == round(sum(i not in (1, 2, 3) for i in own) / len(own), 3)
+    for band, (lo, hi) in {"1-9": (1, 9), "10-19": (10, 19)}.items():
+        own = [i for i, c in enumerate(asked) if lo <= c <= hi]
+        assert (band in b["chapters"]) == bool(own)
+        if own:
+            assert b["chapters"][band] == round(sum(i not in (1, 2, 3) for i in own) / len(own), 3)
+    assert list(b["chapters"]) == sorted(b["chapters"], key=lambda k: int(k.split("-")[0]))

@@ -517,16 +517,21 @@ def max_new_tokens(e: dict, task: str) -> int:
     return e.get("max_new_tokens_by_task", {}).get(task, e["max_new_tokens"])
 
 
-def generation_accuracy(generate, tok, cls, samples, max_new_tokens: int, tokens_per_batch: int = 65536) -> float:
+def generation_accuracy(generate, tok, cls, samples, max_new_tokens: int, tokens_per_batch: int = 65536,
+                        predictions: list | None = None) -> float:
     """Mean score of task class ``cls`` over ``samples``, generated in batches (left padding) by
-    ``generate(prompts, max_new_tokens)`` (a :class:`GenerationOutput`)."""
+    ``generate(prompts, max_new_tokens)`` (a :class:`GenerationOutput`). ``predictions``: a list that receives
+    (sample, decoded prediction) pairs."""
     prompts = [tok(s.prompt, add_special_tokens=False)["input_ids"] for s in samples]
     bs = max(1, tokens_per_batch // max(len(p) + max_new_tokens for p in prompts))
     scores = []
     for b in range(0, len(samples), bs):
         gen = generate(prompts[b:b + bs], max_new_tokens)
         for s, toks in zip(samples[b:b + bs], gen.tokens):
-            scores.append(cls.score(tok.decode(toks, skip_special_tokens=True), s.gold))
+            text = tok.decode(toks, skip_special_tokens=True)
+            scores.append(cls.score(text, s.gold))
+            if predictions is not None:
+                predictions.append((s, text))
     return sum(scores) / len(scores)
 
 
@@ -555,14 +560,15 @@ class DenseEvaluator:
         with torch.no_grad():
             self.model.load_state_dict(model.state_dict())    # cast to the copy's dtype
 
-    def accuracy(self, tok, cls, samples, max_new_tokens: int, tokens_per_batch: int = 65536) -> float:
+    def accuracy(self, tok, cls, samples, max_new_tokens: int, tokens_per_batch: int = 65536,
+                 predictions: list | None = None) -> float:
         """Mean score of ``cls`` over ``samples`` (:func:`generation_accuracy`)."""
         from sparse_kernels.hf.generate import greedy_generate
 
         def generate(prompts, n):
             return greedy_generate(self.model, prompts, n, {tok.eos_token_id}, tok.pad_token_id, session=self.session)
 
-        return generation_accuracy(generate, tok, cls, samples, max_new_tokens, tokens_per_batch)
+        return generation_accuracy(generate, tok, cls, samples, max_new_tokens, tokens_per_batch, predictions)
 
 
 def evaluate(cfg: dict, e: dict, model, tok) -> list[dict]:
@@ -581,9 +587,13 @@ def evaluate(cfg: dict, e: dict, model, tok) -> list[dict]:
             except LengthError as err:
                 print(f"eval {task}@{length}: skipped ({err})", flush=True)
                 continue
-            acc = ev.accuracy(tok, cls, samples, max_new_tokens(e, task), e.get("tokens_per_batch", 65536))
+            preds = [] if hasattr(cls, "question_results") else None      # story retrieval: where it fails
+            acc = ev.accuracy(tok, cls, samples, max_new_tokens(e, task), e.get("tokens_per_batch", 65536), preds)
             results.append({"task": task, "length": length, "n": len(samples), "accuracy": acc})
             print(f"eval {task}@{length}: {acc:.3f}", flush=True)
+            if preds is not None:
+                results[-1]["breakdown"] = cls.breakdown([r for s, p in preds for r in cls.question_results(s, p)])
+                print(f"  {results[-1]['breakdown']}", flush=True)
     return results
 
 

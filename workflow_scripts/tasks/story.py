@@ -125,6 +125,7 @@ class Narrative:
 
 
 _LINE_RE = re.compile(r"^\s*(\d+)\s*[.:)]\s*(.*?)\s*$")
+_CHAPTER_RE = re.compile(r"^Chapter (\d+):\n(.*)$", re.M)     # a chapter's number and its one-line text
 _ARTICLE_RE = re.compile(r"^(?:the|a|an)\s+")
 
 
@@ -313,6 +314,52 @@ class StoryRetrieval(_StoryTask):
             if m:
                 found.setdefault(int(m.group(1)), norm(m.group(2)))
         return found
+
+    @staticmethod
+    def question_results(sample: Sample, prediction: str) -> list[dict]:
+        """Per question of ``sample``: the asked chapter and kind, whether the answer is right, and where a wrong
+        one comes from: "other chapter" (its normalised text occurs in another chapter: a fact of the wrong
+        chapter), "not in story" or "missing". Diagnostics for the accuracy by kind and by chapter number."""
+        texts = {int(m.group(1)): norm(m.group(2)) for m in _CHAPTER_RE.finditer(sample.prompt)}
+        found = StoryRetrieval.answer_lines(prediction)
+        out = []
+        for q, (answer, kind, chapter) in enumerate(zip(sample.gold["answers"], sample.gold["kinds"],
+                                                        sample.gold["chapters"]), 1):
+            pred = found.get(q)
+            if pred == norm(answer):
+                source = "correct"
+            elif not pred:
+                source = "missing"
+            elif any(c != chapter and pred in t for c, t in texts.items()):
+                source = "other chapter"
+            else:
+                source = "not in story"
+            out.append({"chapter": chapter, "kind": kind, "ok": source == "correct", "source": source,
+                        "prediction": pred})
+        return out
+
+    @staticmethod
+    def breakdown(results: list[dict]) -> dict:
+        """Accuracy per question kind and per band of ten asked chapter numbers ("1-9", "10-19", ...), and the
+        count of each source of wrong answers, over :meth:`question_results` rows."""
+        def accuracy(key) -> dict:
+            groups: dict = {}
+            for r in results:
+                groups.setdefault(key(r), []).append(r["ok"])
+            return {k: round(sum(v) / len(v), 3) for k, v in sorted(groups.items())}
+
+        def band(chapter: int) -> str:
+            lo = chapter // 10 * 10
+            return f"{max(lo, 1)}-{lo + 9}"
+
+        chapters = accuracy(lambda r: r["chapter"] // 10)          # by tens, in increasing order
+        wrong: dict = {}
+        for r in results:
+            if not r["ok"]:
+                wrong[r["source"]] = wrong.get(r["source"], 0) + 1
+        return {"kind": accuracy(lambda r: r["kind"]),
+                "chapters": {band(10 * tens): acc for tens, acc in chapters.items()},
+                "wrong": dict(sorted(wrong.items())), "questions": len(results)}
 
     @staticmethod
     def score(prediction: str, gold: dict) -> float:
