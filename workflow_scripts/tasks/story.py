@@ -121,7 +121,8 @@ class Narrative:
                  "a_item": with_article(item), "item": item, "sold": sold}
         sentences = {s: t.format_map(slots) if "{" in t else t for s, t in templates.items()}
         self._held.append(item)
-        self.chapters.append(Chapter(self.first + len(self.chapters), location, character, event, item, sold, sentences))
+        number = self.first + len(self.chapters)
+        self.chapters.append(Chapter(number, location, character, event, item, sold, sentences))
 
 
 _LINE_RE = re.compile(r"^\s*(\d+)\s*[.:)]\s*(.*?)\s*$")
