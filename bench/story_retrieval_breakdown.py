@@ -3,9 +3,9 @@ what the wrong answers are (taken from another chapter, not in the story, missin
 
     python bench/story_retrieval_breakdown.py [--model models/ref-20m] [--lengths 2048 4096] [--samples 8]
 
-Dense greedy generation through the trainer's ``DenseEvaluator`` (fp32 on the CPU, bf16 on a GPU) on the
-evaluation seeds (43 + i: the default study's and the model cards' samples); the per-question reading is
-``StoryRetrieval.question_results``. Diagnostic, not a test.
+Dense greedy generation through the trainer's ``DenseEvaluator`` (fp32 on the CPU, bf16 on a GPU; batched as in
+the trainer's evaluation) on the evaluation seeds (43 + i: the default study's and the model cards' samples); the
+per-question reading is ``StoryRetrieval.question_results``. Diagnostic, not a test.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sparse_kernels.hf.generate import greedy_generate  # noqa: E402
 from workflow_scripts.tasks import load_task_class  # noqa: E402
 from workflow_scripts.tasks.base import Renderer  # noqa: E402
 from workflow_scripts.train_reference import EVAL_SEED, DenseEvaluator  # noqa: E402
@@ -47,13 +46,9 @@ def main() -> None:
     for length in a.lengths:
         t0 = time.time()
         task = cls(Renderer(tok), length, "direct", seed=EVAL_SEED)
-        rows = []
-        for i in range(a.samples):
-            s = task.build(i)
-            ids = tok(s.prompt, add_special_tokens=False)["input_ids"]
-            gen = greedy_generate(ev.model, [ids], a.max_new_tokens, {tok.eos_token_id}, tok.pad_token_id,
-                                  session=ev.session)
-            rows += cls.question_results(s, tok.decode(gen.tokens[0], skip_special_tokens=True))
+        preds: list = []
+        ev.accuracy(tok, cls, [task.build(i) for i in range(a.samples)], a.max_new_tokens, predictions=preds)
+        rows = [r for s, text in preds for r in cls.question_results(s, text)]
         out[length] = rows
         b = cls.breakdown(rows)
         print(f"{Path(a.model).name} story_retrieval@{length}: {sum(r['ok'] for r in rows) / len(rows):.3f} "

@@ -151,9 +151,9 @@ class _StoryTask(Task):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         f = self.params["first_chapter"]
-        ok = (isinstance(f, int) and f >= 1) or (
-            isinstance(f, (list, tuple)) and len(f) == 2 and all(isinstance(v, int) for v in f) and 1 <= f[0] <= f[1])
-        if not ok or isinstance(f, bool):
+        ok = (type(f) is int and f >= 1) or (                       # type(...) is int: no booleans
+            isinstance(f, (list, tuple)) and len(f) == 2 and all(type(v) is int for v in f) and 1 <= f[0] <= f[1])
+        if not ok:
             raise ValueError(f"task {self.name}: first_chapter must be an integer >= 1 or [lo, hi] with "
                              f"1 <= lo <= hi, got {f!r}")
 
