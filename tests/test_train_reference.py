@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from workflow_scripts.train_reference import (BestWeights, WeightEMA, _collate, context_weights, length_weights,
@@ -96,3 +97,69 @@ def test_weight_ema_follows_the_hand_computed_average_and_applies_it_only_inside
     assert [p.data_ptr() for p in model.parameters()] == addresses    # in place (CUDA graphs keep their inputs)
     assert best.restore(model)["weights"] == "ema"
     assert all(torch.allclose(p.detach(), a, atol=1e-6) for p, a in zip(model.parameters(), avg))
+
+
+def _phase_cfg(phases):
+    return {"data": {"tasks": ["ruler_niah", "story_retrieval"], "phases": phases}}
+
+
+def test_phase_variant_follows_progress_share_and_task():
+    from workflow_scripts.train_reference import check_phases, phase_variant
+
+    phases = check_phases(_phase_cfg([
+        {"from": 0.25, "share": 0.5, "task_params": {"story_retrieval": {"first_chapter": [1, 40]}}},
+        {"from": 0.75, "share": 1.0, "task_params": {"story_retrieval": {"first_chapter": 20}}}]))
+    assert phase_variant(phases, "story_retrieval", 0.2, 0.0) == -1          # before the first phase
+    assert phase_variant(phases, "story_retrieval", 0.25, 0.49) == 0
+    assert phase_variant(phases, "story_retrieval", 0.5, 0.5) == -1          # outside the share
+    assert phase_variant(phases, "ruler_niah", 0.5, 0.0) == -1               # a task the phase leaves alone
+    assert phase_variant(phases, "story_retrieval", 0.8, 0.99) == 1          # the latest phase that has begun
+
+
+@pytest.mark.parametrize("phase, key", [
+    ({"from": 1.0, "share": 0.5, "task_params": {"story_retrieval": {}}}, "from"),
+    ({"from": 0.5, "share": 0.0, "task_params": {"story_retrieval": {}}}, "share"),
+    ({"from": 0.5, "share": 0.5, "task_params": {"ruler_vt": {}}}, "ruler_vt"),
+    ({"from": 0.5, "share": 0.5, "task_params": {"story_retrieval": {"first_chapter": 0}}}, "first_chapter"),
+    ({"from": 0.5, "task_params": {"story_retrieval": {}}}, "exactly the keys"),
+])
+def test_bad_phases_are_rejected_naming_the_key(phase, key):
+    from workflow_scripts.train_reference import check_phases
+
+    with pytest.raises(ValueError, match=key):
+        check_phases(_phase_cfg([phase]))
+
+
+def test_progress_file_round_trip_takes_the_furthest_trainer(tmp_path):
+    from workflow_scripts.train_reference import read_progress, write_progress
+
+    assert read_progress(tmp_path, ["a", "b"]) == 0.0
+    write_progress(tmp_path, "a", 0.3)
+    write_progress(tmp_path, "b", 0.6)
+    write_progress(tmp_path, "a", 0.4)
+    assert read_progress(tmp_path, ["a", "b"]) == 0.6
+    assert not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]   # never mistaken for a chunk
+
+
+def test_init_from_loads_the_shipped_weights_and_rejects_another_architecture():
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from workflow_scripts.train_reference import init_weights, new_model
+
+    path = Path(__file__).resolve().parent.parent / "models" / "ref-2m"
+    tok = AutoTokenizer.from_pretrained(str(path))
+    t_cfg = {"rope_theta": 1e5, "max_position_embeddings": 16384}
+    arch = {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "intermediate_size": 384}
+    model = new_model(arch, t_cfg, len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    init_weights(model, tok, path)
+    ref = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    ids = torch.tensor([tok("Chapter 3:\nMarek went to the mill.")["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, ref(ids).logits, atol=1e-5)
+    wider = new_model({**arch, "hidden_size": 256}, t_cfg, len(tok), eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    with pytest.raises(ValueError, match="init_from"):
+        init_weights(wider, tok, path)

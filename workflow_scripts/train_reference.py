@@ -89,6 +89,76 @@ def train_task_params(cfg: dict, task: str) -> dict:
     return {**eval_task_params(cfg, task), **cfg["data"].get("task_params", {}).get(task, {})}
 
 
+def check_phases(cfg: dict) -> list[dict]:
+    """``data.phases``, validated: training-data parameter changes from a point of training progress on. Each phase
+    ``{from: progress in [0, 1), share: (0, 1], task_params: {task: {param: value}}}`` makes, once the trainer's
+    progress (fraction of steps or time) reaches ``from``, a ``share`` of the chunks of each named task use
+    ``train_task_params`` updated by the phase's parameters; the latest phase that has begun applies. E.g. chapter
+    numbers that no longer start at 1 once the story lookup has emerged (docs/reference_models.md, session 12)."""
+    phases = cfg["data"].get("phases") or []
+    if not isinstance(phases, list):
+        raise ValueError(f"data.phases must be a list of phases, got {phases!r}")
+    for i, ph in enumerate(phases):
+        key = f"data.phases[{i}]"
+        if not isinstance(ph, dict) or set(ph) != {"from", "share", "task_params"}:
+            raise ValueError(f"{key} must have exactly the keys from, share, task_params; got {ph!r}")
+        if not (isinstance(ph["from"], (int, float)) and 0 <= ph["from"] < 1):
+            raise ValueError(f"{key}.from must be a training progress in [0, 1), got {ph['from']!r}")
+        if not (isinstance(ph["share"], (int, float)) and 0 < ph["share"] <= 1):
+            raise ValueError(f"{key}.share must be in (0, 1], got {ph['share']!r}")
+        tp = ph["task_params"]
+        if not (isinstance(tp, dict) and tp and all(isinstance(v, dict) for v in tp.values())):
+            raise ValueError(f"{key}.task_params must map task names to parameter dicts, got {tp!r}")
+        unknown = [t for t in tp if t not in cfg["data"]["tasks"]]
+        if unknown:
+            raise ValueError(f"{key}.task_params names task(s) {unknown} that are not in data.tasks")
+        if i and ph["from"] <= phases[i - 1]["from"]:
+            raise ValueError(f"{key}.from must be later than the previous phase's ({phases[i - 1]['from']})")
+        from .tasks import load_task_class
+        for t, params in tp.items():              # the task's own check of its parameters, before any work
+            try:
+                load_task_class(t)(None, 1024, "direct", **{**train_task_params(cfg, t), **params})
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{key}.task_params.{t}: {err}") from None
+    return phases
+
+
+def phase_variant(phases: list[dict], task: str, progress: float, draw: float) -> int:
+    """Index of the phase whose parameters a new chunk of ``task`` uses (-1: the base parameters); ``draw`` is a
+    uniform number in [0, 1) that decides the phase's share."""
+    for i in range(len(phases) - 1, -1, -1):
+        if progress >= phases[i]["from"]:
+            return i if task in phases[i]["task_params"] and draw < phases[i]["share"] else -1
+    return -1
+
+
+def variant_task_params(cfg: dict, task: str, variant: int) -> dict:
+    params = train_task_params(cfg, task)
+    if variant >= 0:
+        params.update(cfg["data"]["phases"][variant]["task_params"][task])
+    return params
+
+
+PROGRESS_FILE = ".progress_{size}"      # in the stream folder (dot files are not chunks): a trainer's progress
+
+
+def write_progress(stream: Path, size: str, progress: float) -> None:
+    tmp = stream / f".{size}.progress.tmp"
+    tmp.write_text(f"{progress:.4f}")
+    os.replace(tmp, stream / PROGRESS_FILE.format(size=size))
+
+
+def read_progress(stream: Path, sizes) -> float:
+    """The furthest progress of the trainers (0 before any has written one)."""
+    best = 0.0
+    for s in sizes:
+        try:
+            best = max(best, float((stream / PROGRESS_FILE.format(size=s)).read_text()))
+        except (OSError, ValueError):
+            pass
+    return best
+
+
 def _generator(cfg: dict, work: Path, stream: Path, worker: int, n_workers: int) -> None:
     """Endless producer: chunks of ``chunk`` direct-mode samples of one (task, length), token ids + answer ids."""
     import torch
@@ -103,6 +173,7 @@ def _generator(cfg: dict, work: Path, stream: Path, worker: int, n_workers: int)
     rng = random.Random(cfg["seed"] * 1000 + worker)
     pairs, weights = _chunk_plan(cfg)
     id_dtype = torch.int16 if len(tok) <= 32767 else torch.int32
+    phases = check_phases(cfg)
     tasks: dict = {}
     dead: set = set()
     counter = 0
@@ -110,11 +181,12 @@ def _generator(cfg: dict, work: Path, stream: Path, worker: int, n_workers: int)
     while True:
         k = rng.choices(range(len(pairs)), weights=[0.0 if i in dead else w for i, w in enumerate(weights)])[0]
         task, length = pairs[k]
-        if k not in tasks:
+        v = phase_variant(phases, task, read_progress(stream, cfg["sizes"]), rng.random()) if phases else -1
+        if (k, v) not in tasks:
             try:
-                tasks[k] = load_task_class(task)(Renderer(tok), length, "direct",
-                                                 seed=cfg["seed"] + d["seed_offset"],
-                                                 **train_task_params(cfg, task))
+                tasks[k, v] = load_task_class(task)(Renderer(tok), length, "direct",
+                                                    seed=cfg["seed"] + d["seed_offset"],
+                                                    **variant_task_params(cfg, task, v))
             except (LengthError, ValueError) as err:
                 print(f"generator: {task}@{length} unavailable ({err})", flush=True)
                 dead.add(k)
@@ -124,7 +196,7 @@ def _generator(cfg: dict, work: Path, stream: Path, worker: int, n_workers: int)
             sample_id = worker + n_workers * counter      # unique across workers; evaluation uses seed 43
             counter += 1
             try:
-                s = tasks[k].build(sample_id)
+                s = tasks[k, v].build(sample_id)
             except LengthError:
                 continue
             p = tok(s.prompt, add_special_tokens=False)["input_ids"]
@@ -228,6 +300,30 @@ def new_model(arch: dict, t_cfg: dict, vocab_size: int, **token_ids):
                        max_position_embeddings=t_cfg["max_position_embeddings"], bos_token_id=None,
                        **token_ids, **arch)
     return Qwen2ForCausalLM._from_config(mcfg, attn_implementation="sdpa")
+
+
+def init_weights(model, tok, path: Path) -> None:
+    """``train.init_from``: continue from a trained model folder (same tokenizer and architecture), e.g. a second
+    stage on other data; the optimizer, schedule and moving average start afresh."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"train.init_from: no *.safetensors weights in {path}")
+    if AutoTokenizer.from_pretrained(str(path)).get_vocab() != tok.get_vocab():
+        raise ValueError(f"train.init_from: the tokenizer of {path} differs from the run's tokenizer")
+    state = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if k in own}      # tied embeddings: lm_head.weight may be absent
+    wrong = [k for k in own if k not in state and k != "lm_head.weight"] + [
+        k for k, v in state.items() if v.shape != own[k].shape]
+    if wrong:
+        raise ValueError(f"train.init_from: {path} does not match the size's architecture ({wrong[:4]} ...)")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
+    model.tie_weights()
 
 
 class BestWeights:
@@ -338,7 +434,10 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
     torch.manual_seed(cfg["seed"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")   # cpu: smoke tests only
     tok = AutoTokenizer.from_pretrained(str(work / "tokenizer"))
-    model = new_model(arch, t_cfg, len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id).to(device)
+    model = new_model(arch, t_cfg, len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    if t_cfg.get("init_from"):
+        init_weights(model, tok, Path(t_cfg["init_from"]))
+    model = model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
@@ -407,6 +506,8 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
             break
         if step % 20 == 0:
             pool.refresh()
+            if step % 200 == 0:
+                write_progress(pool.stream, size, frac)     # data.phases: the generators follow it
         if elapsed >= next_probe:
             take_probe(elapsed)
             next_probe += t_cfg["probe_seconds"]
@@ -751,6 +852,7 @@ def main(argv=None) -> None:
         if unknown:
             raise SystemExit(f"--sizes: unknown size(s) {unknown}; the recipe has {list(cfg['sizes'])}")
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+        check_phases(cfg)                              # bad phases fail here, not in the generator processes
         stream = Path(cfg["data"]["stream"])
         shutil.rmtree(stream, ignore_errors=True)      # chunks of an earlier run would skew the length mix
         gens = start_generators(cfg, work, stream)
