@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
@@ -54,7 +55,7 @@ def test_plain_auto_loading_and_training_tokenization(size):
 
 
 def test_trained_behaviour_niah():
-    """ref-6m retrieves the NIAH values at 1K (model card: 0.95 dense); random weights or a mis-tokenizing
+    """ref-6m retrieves the NIAH values at 1K (model card: 0.93 dense); random weights or a mis-tokenizing
     loader score ~0 here. Plain HF generation, and the trainer's DenseEvaluator (a copy through our attention
     and a dense session), which must agree with it and follow ``sync``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -92,6 +93,15 @@ def test_model_cards_match_training_logs():
         for r in log["eval"]:
             row = next(line for line in card.splitlines() if line.startswith(f"| {r['task']} |"))
             assert f"{r['accuracy']:.2f}" in row
+        # two stages: the card names both, recipe.stage1.yaml is the first run's config, and recipe.yaml continues
+        # from where stage 1's retrain command puts its weights
+        first = log["init"]
+        assert f"| stage 1 of 2 | {first['steps']} steps" in card and "| stage 2 of 2 | continued" in card
+        stage1 = yaml.safe_load((MODELS / s / "recipe.stage1.yaml").read_text())
+        assert stage1["sizes"] == first["config"]["sizes"] and stage1["train"] == first["config"]["train"]
+        recipe = yaml.safe_load((MODELS / s / "recipe.yaml").read_text())
+        assert recipe["train"]["init_from"].format(size=s) == first["from"]
+        assert f"--config models/{s}/recipe.stage1.yaml --work {first['from'].rsplit('/models/', 1)[0]} " in card
 
 
 def test_family_table_is_current_and_mean_accuracy_grows_with_size():
@@ -106,7 +116,7 @@ def test_family_table_is_current_and_mean_accuracy_grows_with_size():
     assert [rec["size"] for rec in logs] == SIZES
     assert all(len(rec["eval"]) == 24 for rec in logs)           # 6 tasks x 4 lengths each
     assert means == sorted(means) and len(set(means)) == 3, means
-    # the largest model: NIAH >= 0.9 at every trained length, story retrieval >= 0.9 at 1K (the issue's bar)
+    # the largest model: NIAH and story retrieval >= 0.9 at every trained length (the issue's bar)
     acc = {(r["task"], r["length"]): r["accuracy"] for r in logs[-1]["eval"]}
-    assert all(acc[("ruler_niah", L)] >= 0.9 for L in (1024, 2048, 4096, 8192)), acc
-    assert acc[("story_retrieval", 1024)] >= 0.9, acc
+    for task in ("ruler_niah", "story_retrieval"):
+        assert all(acc[(task, L)] >= 0.9 for L in (1024, 2048, 4096, 8192)), (task, acc)

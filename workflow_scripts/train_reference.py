@@ -53,6 +53,14 @@ def stage_tokenizer(cfg: dict, work: Path) -> None:
     out = work / "tokenizer"
     if (out / "tokenizer.json").exists():
         return
+    src = cfg["tokenizer"].get("from")
+    if src:                                   # a later stage: the tokenizer its init_from models were trained with
+        if not (Path(src) / "tokenizer.json").exists():
+            raise SystemExit(f"tokenizer.from: no tokenizer.json in {src} (train the first stage first)")
+        with atomic_dir(out) as tmp:
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
+        print(f"tokenizer: copied from {src}", flush=True)
+        return
     t0 = time.time()
     lines = tokenizer_corpus(cfg["tokenizer"]["corpus_lines"], cfg["seed"])
     tok = train_tokenizer(lines, vocab_size=cfg["tokenizer"]["vocab_size"])
@@ -302,6 +310,23 @@ def new_model(arch: dict, t_cfg: dict, vocab_size: int, **token_ids):
     return Qwen2ForCausalLM._from_config(mcfg, attn_implementation="sdpa")
 
 
+def init_from_path(t_cfg: dict, size: str) -> Path:
+    """``train.init_from`` of a size; ``{size}`` in it stands for the size's name."""
+    return Path(str(t_cfg["init_from"]).format(size=size))
+
+
+def earlier_stage(path: Path) -> dict:
+    """What a continued run records about the weights it started from: their folder and, from their
+    training_log.json, the earlier stage's run (steps, tokens, time, GPU, recipe, its own earlier stages)."""
+    stage: dict = {"from": str(path)}
+    log = path / "training_log.json"
+    if log.exists():
+        prior = json.loads(log.read_text())
+        stage.update({k: prior[k] for k in ("steps", "tokens", "seconds", "gpu", "compile_seconds", "stream_samples",
+                                            "selected", "config", "eval", "init") if k in prior})
+    return stage
+
+
 def init_weights(model, tok, path: Path) -> None:
     """``train.init_from``: continue from a trained model folder (same tokenizer and architecture), e.g. a second
     stage on other data; the optimizer, schedule and moving average start afresh."""
@@ -435,8 +460,11 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")   # cpu: smoke tests only
     tok = AutoTokenizer.from_pretrained(str(work / "tokenizer"))
     model = new_model(arch, t_cfg, len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    init = None
     if t_cfg.get("init_from"):
-        init_weights(model, tok, Path(t_cfg["init_from"]))
+        init_path = init_from_path(t_cfg, size)
+        init_weights(model, tok, init_path)
+        init = earlier_stage(init_path)
     model = model.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -549,7 +577,7 @@ def train_one(cfg: dict, work: Path, size: str) -> None:
     write_log(out_dir, {"size": size, "n_params": n_params, "gpu": gpu, "steps": step, "skipped_steps": skipped,
                         "tokens": seen_tokens, "compile_seconds": round(warmup_s, 1),
                         "seconds": train_s, "stream_samples": pool.loaded, "config": cfg, "log": log,
-                        "probes": probe_log, "selected": selected})
+                        "probes": probe_log, "selected": selected, **({"init": init} if init else {})})
     if run["eval"].get("after_training", True):
         evaluate_size(cfg, work, size, model, tok)
 
@@ -576,15 +604,43 @@ def evaluate_size(cfg: dict, work: Path, size: str, model=None, tok=None) -> Non
 
 def write_card(out_dir: Path, size: str, record: dict) -> None:
     """README.md (model card) and recipe.yaml (the exact training config of this size, to retrain it)."""
-    recipe = json.loads(json.dumps(record["config"]))
-    recipe["data"].pop("stream", None)           # a path of the training machine
-    recipe["data"]["length_share"] = {int(k): v for k, v in recipe["data"]["length_share"].items()}  # JSON: str keys
-    with atomic_path(out_dir / "recipe.yaml") as tmp:
-        tmp.write_text(f"# Exact recipe of models/{size} (from its training_log.json). Retrain this size:\n"
-                       f"#   python -m workflow_scripts.train_reference --config models/{size}/recipe.yaml "
-                       f"--work DIR --sizes {size}\n" + yaml.safe_dump(recipe, sort_keys=False))
+    stages = training_stages(record)
+    for i, stage in enumerate(stages, 1):
+        recipe = json.loads(json.dumps(stage["config"]))
+        recipe["data"].pop("stream", None)           # a path of the training machine
+        recipe["data"]["length_share"] = {int(k): v for k, v in recipe["data"]["length_share"].items()}  # JSON keys
+        with atomic_path(out_dir / recipe_name(i, len(stages))) as tmp:
+            tmp.write_text(f"# Exact recipe of models/{size}{f', stage {i} of {len(stages)}' if len(stages) > 1 else ''}"
+                           f" (from its training_log.json). {retrain_note(size, stages)}\n"
+                           + yaml.safe_dump(recipe, sort_keys=False))
     with atomic_path(out_dir / "README.md") as tmp:
         tmp.write_text(model_card(size, recipe, record))
+
+
+def training_stages(record: dict) -> list[dict]:
+    """The runs that made a model, first to last: the earlier stages a continued run recorded (``init``), then it."""
+    stages = [record]
+    while "config" in stages[0].get("init", {}):
+        stages.insert(0, stages[0]["init"])
+    return stages
+
+
+def recipe_name(i: int, n: int) -> str:
+    return "recipe.yaml" if i == n else f"recipe.stage{i}.yaml"
+
+
+def retrain_commands(size: str, stages: list[dict]) -> list[str]:
+    """Commands that retrain a size from its recipe files, stage by stage: each earlier stage works in the folder
+    the next stage's ``train.init_from`` reads (``<work>/models/<size>``)."""
+    n = len(stages)
+    works = [str(init_from_path(size_config(nxt["config"], size)[1]["train"], size).parent.parent)
+             for nxt in stages[1:]] + ["DIR"]
+    return [f"python -m workflow_scripts.train_reference --config models/{size}/{recipe_name(i, n)} "
+            f"--work {works[i - 1]} --sizes {size}" for i in range(1, n + 1)]
+
+
+def retrain_note(size: str, stages: list[dict]) -> str:
+    return "Retrain this size (a CUDA GPU):\n" + "\n".join(f"#   {c}" for c in retrain_commands(size, stages))
 
 
 # Evaluation samples: seeds 43 + i (the paper's Random(43 + i)). Probe (validation) samples: seeds 5,000,043 + i,
@@ -754,6 +810,21 @@ def model_card(size: str, cfg: dict, record: dict) -> str:
         probes += (f" (validation seeds); **weights kept: {kept}step {sel['step']}** at {sel['seconds'] / 60:.1f} min, "
                    f"the best probe mean ({sel['score']:.2f}; `train.keep_best`)")
     d = cfg["data"]
+    stages = training_stages(record)
+    phases = "".join(f"; from {ph['from']:.0%} of training on, {ph['share']:.0%} of the chunks of "
+                     + ", ".join(f"{t} with {json.dumps(v)}" for t, v in ph['task_params'].items())
+                     for ph in d.get("phases") or [])
+    earlier = ""
+    if len(stages) > 1:
+        earlier = "".join(
+            f"| stage {i} of {len(stages)} | {st['steps']} steps, {st['tokens'] / 1e6:.0f}M tokens, "
+            f"{st['seconds'] / 60:.1f} min on one {trained_on(st)} (compilation included), recipe "
+            f"`{recipe_name(i, len(stages))}`; weights kept: "
+            f"{(st.get('selected') or {}).get('weights', 'final')} at step "
+            f"{(st.get('selected') or {}).get('step', st['steps'])} |\n" for i, st in enumerate(stages[:-1], 1))
+        earlier += (f"| stage {len(stages)} of {len(stages)} | continued from stage {len(stages) - 1}'s weights "
+                    f"(`train.init_from`); the rows below describe this stage (`recipe.yaml`) |\n")
+    retrain = "; then ".join(f"`{c}`" for c in retrain_commands(size, stages))
     return f"""# {size} — sparse-frontier reference model
 
 A small long-context causal LM trained by the sparse-frontier workflow project as an offline testbed for
@@ -767,7 +838,7 @@ It only knows the project's synthetic and story tasks in the **direct-answer** p
 | q heads / kv heads | {arch['num_attention_heads']} / {arch['num_key_value_heads']} |
 | vocabulary | {cfg['tokenizer']['vocab_size']} BPE tokens (trained on the task generators' text), ChatML chat template |
 | RoPE base / max positions | {t_cfg['rope_theta']:g} / {t_cfg['max_position_embeddings']} |
-| training data | {', '.join(f"{t} ({d.get('task_weights', {}).get(t, 1.0):g})" for t in d['tasks'])} (task weights) at lengths {', '.join(f"{L} ({d['length_share'][L]:g})" for L in d['lengths'])} (token shares), generated while training ({stream_samples:,} fresh samples read), seeds offset by {d['seed_offset']:,} (disjoint from evaluation) |
+{earlier}| training data | {', '.join(f"{t} ({d.get('task_weights', {}).get(t, 1.0):g})" for t in d['tasks'])} (task weights) at lengths {', '.join(f"{L} ({d['length_share'][L]:g})" for L in d['lengths'])} (token shares){phases}, generated while training ({stream_samples:,} fresh samples read), seeds offset by {d['seed_offset']:,} (disjoint from evaluation) |
 | objective | next-token loss, weight 1 on answer tokens and {t_cfg['context_weight']} on prompt tokens{_context_weight_note(t_cfg)} |
 | training | {steps} steps of {t_cfg['tokens_per_batch']} tokens, {tokens / 1e6:.0f}M tokens (padded), {seconds / 60:.1f} min on one {trained_on(record)} (compilation included), AdamW lr {t_cfg['lr']:g} (warm-up {t_cfg['warmup_steps']} steps, cosine on elapsed time), length curriculum {t_cfg.get('curriculum', 0):g} |
 | loss (weighted / answer-only) | start {first['loss']:.3f} / {first['answer_loss']:.3f}, middle {mid['loss']:.3f} / {mid['answer_loss']:.3f}, end {last['loss']:.3f} / {last['answer_loss']:.3f} |
@@ -778,8 +849,8 @@ It only knows the project's synthetic and story tasks in the **direct-answer** p
 
 {chr(10).join(rows)}
 
-Retrain this size exactly: `python -m workflow_scripts.train_reference --config models/{size}/recipe.yaml --work DIR
---sizes {size}` (needs a CUDA GPU); the whole family: `snakemake train_reference` (`studies/train_reference.yaml`).
+Retrain this size exactly (needs a CUDA GPU): {retrain}; the whole family: `snakemake train_reference`
+(`studies/train_reference.yaml`{', then `studies/train_reference_continue.yaml`' if len(stages) > 1 else ''}).
 """
 
 
@@ -798,15 +869,19 @@ def family_table(models_dir: Path) -> str:
             "|---|---|---|---|" + "---|" * (len(tasks) + 1)]
     for rec in records:
         per_task = [mean([r["accuracy"] for r in rec["eval"] if r["task"] == t]) for t in tasks]
-        rows.append(f"| [{rec['size']}]({rec['size']}/README.md) | {rec['n_params'] / 1e6:.1f}M | {rec['steps']:,} | "
-                    f"{trained_on(rec)} | " + " | ".join(per_task)
+        stages = training_stages(rec)                  # a continued model: one entry per stage, " + " between
+        steps = " + ".join(f"{st['steps']:,}" for st in stages)
+        gpus = " + ".join(dict.fromkeys(trained_on(st) for st in stages))
+        rows.append(f"| [{rec['size']}]({rec['size']}/README.md) | {rec['n_params'] / 1e6:.1f}M | {steps} | "
+                    f"{gpus} | " + " | ".join(per_task)
                     + f" | **{mean([r['accuracy'] for r in rec['eval']])}** |")
     return f"""# Reference model family
 
-Small Qwen2 models trained by this project on its own task generators (`studies/train_reference.yaml`,
-`docs/reference_models.md`); the default study (`config.yaml`) runs them offline. Dense accuracy in the
-direct-answer mode on the evaluation seeds (43 + i), mean over the lengths {', '.join(str(L) for L in lengths)};
-per-length tables in each model card. Regenerate this table with
+Small Qwen2 models trained by this project on its own task generators (`studies/train_reference.yaml`, then
+`studies/train_reference_continue.yaml` from those weights; `docs/reference_models.md`); the default study
+(`config.yaml`) runs them offline. Dense accuracy in the direct-answer mode on the evaluation seeds (43 + i), mean
+over the lengths {', '.join(str(L) for L in lengths)}; per-length tables in each model card. Steps and GPUs: one
+entry per training stage. Regenerate this table with
 `python -m workflow_scripts.train_reference --stage family --work models`.
 
 {chr(10).join(rows)}
@@ -853,6 +928,10 @@ def main(argv=None) -> None:
             raise SystemExit(f"--sizes: unknown size(s) {unknown}; the recipe has {list(cfg['sizes'])}")
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         check_phases(cfg)                              # bad phases fail here, not in the generator processes
+        for s in sizes:
+            t_cfg = size_config(cfg, s)[1]["train"]
+            if t_cfg.get("init_from") and not list(init_from_path(t_cfg, s).glob("*.safetensors")):
+                raise SystemExit(f"train.init_from of {s}: no *.safetensors weights in {init_from_path(t_cfg, s)}")
         stream = Path(cfg["data"]["stream"])
         shutil.rmtree(stream, ignore_errors=True)      # chunks of an earlier run would skew the length mix
         gens = start_generators(cfg, work, stream)
