@@ -104,6 +104,17 @@ def test_model_cards_match_training_logs():
         assert f"--config models/{s}/recipe.stage1.yaml --work {first['from'].rsplit('/models/', 1)[0]} " in card
 
 
+def test_model_cards_and_recipes_are_what_the_training_logs_make(tmp_path):
+    from workflow_scripts.train_reference import write_card
+
+    for s in SIZES:
+        write_card(tmp_path, s, json.loads((MODELS / s / "training_log.json").read_text()))
+        written = sorted(p.name for p in tmp_path.iterdir())
+        assert written == ["README.md", "recipe.stage1.yaml", "recipe.yaml"]
+        for name in written:
+            assert (tmp_path / name).read_text() == (MODELS / s / name).read_text(), (s, name)
+
+
 def test_family_table_is_current_and_mean_accuracy_grows_with_size():
     """models/README.md is the table of the shipped logs, and the family's mean dense accuracy over all task x
     length cells increases with the parameter count (the issue's bar; a worse model shipped breaks it)."""

@@ -103,6 +103,8 @@ def check_phases(cfg: dict) -> list[dict]:
     progress (fraction of steps or time) reaches ``from``, a ``share`` of the chunks of each named task use
     ``train_task_params`` updated by the phase's parameters; the latest phase that has begun applies. E.g. chapter
     numbers that no longer start at 1 once the story lookup has emerged (docs/reference_models.md, session 12)."""
+    from .tasks import load_task_class
+
     phases = cfg["data"].get("phases") or []
     if not isinstance(phases, list):
         raise ValueError(f"data.phases must be a list of phases, got {phases!r}")
@@ -122,7 +124,6 @@ def check_phases(cfg: dict) -> list[dict]:
             raise ValueError(f"{key}.task_params names task(s) {unknown} that are not in data.tasks")
         if i and ph["from"] <= phases[i - 1]["from"]:
             raise ValueError(f"{key}.from must be later than the previous phase's ({phases[i - 1]['from']})")
-        from .tasks import load_task_class
         for t, params in tp.items():              # the task's own check of its parameters, before any work
             try:
                 load_task_class(t)(None, 1024, "direct", **{**train_task_params(cfg, t), **params})
@@ -603,7 +604,8 @@ def evaluate_size(cfg: dict, work: Path, size: str, model=None, tok=None) -> Non
 
 
 def write_card(out_dir: Path, size: str, record: dict) -> None:
-    """README.md (model card) and recipe.yaml (the exact training config of this size, to retrain it)."""
+    """README.md (model card) and the exact training config of this size, to retrain it: recipe.yaml (the last
+    stage; ``model_card`` describes it) and recipe.stage<i>.yaml for the earlier stages of a continued model."""
     stages = training_stages(record)
     for i, stage in enumerate(stages, 1):
         recipe = json.loads(json.dumps(stage["config"]))
