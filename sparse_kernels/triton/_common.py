@@ -6,6 +6,8 @@ import math
 import os
 
 import torch
+import triton
+import triton.language as tl
 
 LOG2E = 1.4426950408889634
 
@@ -62,3 +64,17 @@ def check_gqa(q: torch.Tensor, k: torch.Tensor) -> int:
     if H % G:
         raise ValueError(f"q heads ({H}) must be a multiple of kv heads ({G})")
     return H // G
+
+
+@triton.jit
+def masked_softmax_weights(qk, keep, m_i, l_i):
+    """The statistics half of one online-softmax step over a masked score tile (exp2 domain, scores already
+    scaled): the new running max, the tile's weights p, the rescale factor alpha of the old accumulator and the
+    new running sum. Rows with every key masked so far keep m = -inf and get p = 0, alpha = 1 (no NaN). The
+    caller accumulates ``acc * alpha + p @ v`` its own way (prefill and decode kernels)."""
+    qk = tl.where(keep, qk, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(qk - m_sub[:, None])
+    alpha = tl.math.exp2(m_i - m_sub)
+    return m_new, p, alpha, l_i * alpha + tl.sum(p, 1)

@@ -22,7 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LOG2E, check_gqa, dot_precision, i32, next_pow2, num_sms, prep, resolve_scale
+from ._common import (LOG2E, check_gqa, dot_precision, i32, masked_softmax_weights, next_pow2, num_sms, prep,
+                      resolve_scale)
 
 
 @triton.jit
@@ -119,12 +120,7 @@ def _decode_partial_kernel(
             pb = tl.load(PBITS + b64 * stride_pb + g.to(tl.int64) * stride_ph + entry, mask=pg_ok, other=0)
             hb = ((pb[None, :] >> hig[:, None]) & 1) != 0
             keep = keep & (hb | (t >= n_page_tiles))
-        qk = tl.where(keep, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(qk - m_sub[:, None])
-        alpha = tl.math.exp2(m_i - m_sub)
-        l_i = l_i * alpha + tl.sum(p, 1)
+        m_new, p, alpha, l_i = masked_softmax_weights(qk, keep, m_i, l_i)
         if USE_DOT:
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
         else:

@@ -26,7 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import LOG2E, check_gqa, compute_dtype, dot_precision, i32, interpreting, next_pow2, prep, resolve_scale
+from ._common import (LOG2E, check_gqa, compute_dtype, dot_precision, i32, interpreting, masked_softmax_weights,
+                      next_pow2, prep, resolve_scale)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -237,14 +238,9 @@ def causal_layout(batch: int, heads: int, length: int, block_m: int, block_n: in
 
 @triton.jit
 def _masked_softmax_step(qk, keep, v, m_i, l_i, acc, PREC: tl.constexpr):
-    """One online-softmax step over a masked score tile (exp2 domain, scores already scaled); rows with every
-    key masked so far keep m = -inf and add nothing (no NaN)."""
-    qk = tl.where(keep, qk, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(qk, 1))
-    m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.math.exp2(qk - m_sub[:, None])
-    alpha = tl.math.exp2(m_i - m_sub)
-    l_i = l_i * alpha + tl.sum(p, 1)
+    """One online-softmax step over a masked score tile (:func:`masked_softmax_weights`), accumulated on the
+    tensor cores."""
+    m_new, p, alpha, l_i = masked_softmax_weights(qk, keep, m_i, l_i)
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PREC)
     return m_new, l_i, acc
 
