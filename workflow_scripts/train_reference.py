@@ -182,7 +182,7 @@ def _generator(cfg: dict, work: Path, stream: Path, worker: int, n_workers: int)
     rng = random.Random(cfg["seed"] * 1000 + worker)
     pairs, weights = _chunk_plan(cfg)
     id_dtype = torch.int16 if len(tok) <= 32767 else torch.int32
-    phases = check_phases(cfg)
+    phases = d.get("phases") or []              # validated by main() (check_phases) before the generators start
     tasks: dict = {}
     dead: set = set()
     counter = 0
