@@ -2,7 +2,7 @@
 #
 #   snakemake                                   # default study (config.yaml), local profile profiles/default
 #   snakemake -n                                # dry run: what would run and why
-#   snakemake --configfile studies/gpu.yaml     # another study
+#   snakemake --configfile studies/gpu.yaml     # another study: that file alone defines it
 #   snakemake --profile profiles/slurm          # on a SLURM cluster
 #
 # Every cell (model, task, length, method, ratio) has its own output files and gets all its settings as
@@ -15,7 +15,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# The study: the --configfile(s) given on the command line, on their own (several are merged in order, --config
+# on top); config.yaml, the default study, only when none is given. Nothing of the default study leaks into
+# another study: keys a study leaves out take the schema's defaults (workflow_scripts/schemas/config.schema.yaml).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 report: "rules/report/workflow.rst"

@@ -389,3 +389,17 @@ def test_torch_executor_sparse_prefill_gathers_exactly_the_selection(name, kv_he
     if name == "block_sparse":
         rows = slice(2 * 32, 5 * 32)
         assert torch.all(got[0, min(1, H - 1), rows] == 0)
+
+
+def test_auto_executor_is_the_fastest_exact_one_per_device():
+    """``executor: auto`` (the study default) means the Triton kernels on CUDA and the exact SDPA-based torch
+    executor on CPU, never the slow reference; explicit names are kept and unknown ones refused."""
+    from sparse_kernels.hf.executors import TorchExecutor, make_executor, resolve_executor_name
+
+    assert resolve_executor_name("auto", torch.device("cuda", 0)) == "triton"
+    assert resolve_executor_name(None, "cuda") == "triton"
+    assert resolve_executor_name("auto", "cpu") == "torch"
+    assert isinstance(make_executor("auto", "cpu"), TorchExecutor)
+    assert resolve_executor_name("reference", "cuda") == "reference"
+    with pytest.raises(KeyError, match="unknown executor"):
+        resolve_executor_name("flash", "cuda")

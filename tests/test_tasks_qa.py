@@ -129,3 +129,24 @@ def test_pool_drops_questions_whose_document_alone_is_too_long(qa_dir, renderer)
     assert max(doc_tok[d] for d in docs_short) < 1024
     with pytest.raises(ValueError, match="only .* questions"):
         short.build(len(keep_short))
+
+
+def test_calibration_questions_come_from_the_pool_end_disjoint_from_evaluation(qa_dir, renderer):
+    """Calibration sample ids (CALIBRATION_OFFSET + c) ask question pool_size-1-c: never an evaluation question,
+    never past the pool; a study whose evaluation + calibration samples exceed the pool is refused."""
+    from workflow_scripts.tasks.base import CALIBRATION_OFFSET, LengthError
+
+    for name in QA_TASKS:
+        probe = load_task_class(name)(renderer, 2048, "cot", datasets_dir=str(qa_dir))
+        pool = probe._prepare()[1]
+        n = len(pool)
+        evaluation = 3
+        task = load_task_class(name)(renderer, 2048, "cot", datasets_dir=str(qa_dir), reserved=evaluation)
+        asked = {task.build(i).meta["question"] for i in range(evaluation)}
+        calib = [task.build(CALIBRATION_OFFSET + c).meta["question"] for c in range(2)]
+        assert calib == [pool[n - 1].question, pool[n - 2].question]
+        assert not asked & set(calib)
+        # the last calibration sample that still leaves the evaluation questions alone, and the first that does not
+        assert task.build(CALIBRATION_OFFSET + n - evaluation - 1).meta["question"] == pool[evaluation].question
+        with pytest.raises(LengthError, match="would reuse an evaluation question"):
+            task.build(CALIBRATION_OFFSET + n - evaluation)

@@ -41,8 +41,7 @@ import json
 import time
 
 from sparse_kernels.budgets import nearest_k
-
-CALIBRATION_OFFSET = 10**6
+from workflow_scripts.tasks.base import CALIBRATION_OFFSET
 
 
 class CalibrationError(RuntimeError):

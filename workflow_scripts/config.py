@@ -22,6 +22,7 @@ from sparse_kernels import budgets
 from sparse_kernels.registry import (CALIBRATABLE, COMBINE_SEP, components, is_combined, param_errors,
                                      resolve_params, split_method)
 from workflow_scripts.tasks import PROMPT_MODES, TASKS, load_task_class
+from workflow_scripts.tasks.base import CALIBRATION_OFFSET  # calibration sample ids start here
 
 SCHEMA_PATH = str(Path(__file__).parent / "schemas" / "config.schema.yaml")
 
@@ -43,7 +44,6 @@ CALIB_KEYS = "model={model}/length={length}/method={method}/params={phash}/ratio
 CALIB = RESULTS + "/calibration/" + CALIB_KEYS + "/calibration.json"
 LOG_CALIB = RESULTS + "/logs/calibration/" + CALIB_KEYS + ".log"
 LOG_CALIB_DATA = RESULTS + "/logs/calibration/data/tokenizer={tokenizer}/task={task}/length={length}/mode={mode}.log"
-CALIBRATION_OFFSET = 10**6  # calibration sample ids start here (evaluation ids: 0 .. samples-1)
 AGG_DB = RESULTS + "/aggregate/study.duckdb"
 AGG_SAMPLES = RESULTS + "/aggregate/samples.parquet"
 AGG_SUMMARY = RESULTS + "/aggregate/summary.parquet"
@@ -423,7 +423,10 @@ class Study:
 
     def calibration_data_params(self, tokenizer: str, task: str, length: int, mode: str) -> dict:
         spec = self.data_params(tokenizer, task, length, mode)
-        spec.update(samples=self.calibration_settings()["samples"], first_sample=CALIBRATION_OFFSET)
+        # reserved: tasks over a finite question pool (QA) take calibration questions from the pool's end, never
+        # one of the study's evaluation questions
+        spec.update(samples=self.calibration_settings()["samples"], first_sample=CALIBRATION_OFFSET,
+                    reserved=self.cfg["samples"])
         return spec
 
     def calibration_params(self, model: str, length: int, component: str, phash: str, ratio: str) -> dict:

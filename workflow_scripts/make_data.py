@@ -27,7 +27,8 @@ def generate(spec: dict) -> list[dict]:
     tok = load_tokenizer(spec["tokenizer"])
     renderer = Renderer(tok, use_chat_template=spec["chat_template"])
     task = load_task_class(spec["task"])(renderer, spec["length"], spec["mode"], seed=spec["seed"],
-                                        datasets_dir=spec.get("datasets_dir"), **spec["task_params"])
+                                        datasets_dir=spec.get("datasets_dir"), reserved=int(spec.get("reserved", 0)),
+                                        **spec["task_params"])
     rows = []
     low = MIN_FRACTION * spec["length"]
     first = int(spec.get("first_sample", 0))        # calibration data uses ids disjoint from evaluation

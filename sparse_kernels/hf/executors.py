@@ -257,18 +257,26 @@ EXECUTORS = {"reference": ReferenceExecutor, "torch": TorchExecutor, "triton": _
 EXECUTOR_NAMES = ("auto", *EXECUTORS)
 
 
+def resolve_executor_name(name: str | None, device: torch.device | str | None = None) -> str:
+    """The executor a name stands for on ``device``: ``"auto"`` / None = the fastest exact one there, the Triton
+    kernels on CUDA and ``torch`` elsewhere (SDPA; 3.6-4.6x faster than ``reference`` on CPU, same mathematics)."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if name in (None, "auto"):
+        return "triton" if dev.type == "cuda" else "torch"
+    if name not in EXECUTORS:
+        raise KeyError(f"unknown executor {name!r}; known: {', '.join(EXECUTOR_NAMES)}")
+    return name
+
+
 def make_executor(name: str | Executor | None, device: torch.device | str | None = None) -> Executor:
-    """An executor by name; ``"auto"`` / None = ``reference`` on CPU, ``torch`` elsewhere (CUDA)."""
+    """An executor by name (see :func:`resolve_executor_name`) or the instance given."""
     if isinstance(name, Executor):
         return name
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    if name in (None, "auto"):
-        name = "reference" if dev.type == "cpu" else "torch"
-    if name not in EXECUTORS:
-        raise KeyError(f"unknown executor {name!r}; known: {', '.join(EXECUTOR_NAMES)}")
+    name = resolve_executor_name(name, dev)
     factory = EXECUTORS[name]
     return factory(dev) if name == "triton" else factory()
 
 
 __all__ = ["Executor", "ReferenceExecutor", "TorchExecutor", "NamespaceExecutor", "EXECUTORS", "EXECUTOR_NAMES",
-           "make_executor", "span_mask"]
+           "make_executor", "resolve_executor_name", "span_mask"]

@@ -277,8 +277,8 @@ class SparseSession:
 
     ``prefill``: a method with ``phase == "prefill"`` (``select(q, k, key_padding_mask, scale)``) or None;
     ``decode``: a method with ``phase`` ``"kv_compression"`` (``compress``) or ``"decode"`` (Quest:
-    ``init_state`` / ``select``) or None; ``executor``: an :class:`Executor` or a name (``"auto"``: reference on
-    CPU, chunked torch on CUDA; with ``"triton"`` the methods are swapped for their
+    ``init_state`` / ``select``) or None; ``executor``: an :class:`Executor` or a name (``"auto"``: the Triton
+    kernels on CUDA, the exact SDPA-based ``torch`` executor on CPU; with ``"triton"`` the methods are swapped for their
     :func:`sparse_kernels.triton.accelerate` versions, whose selection steps run on the GPU too). ``hooks``:
     callables receiving an :class:`AttentionEvent` per layer call (they force the regular decode path).
     ``fast_decode``: the session's default for ``greedy_generate(fast_decode=None)`` ("auto": static cache +

@@ -22,6 +22,12 @@ from .prompt import PromptSpec, render
 MIN_FRACTION = 0.95
 
 
+# Calibration samples (V-S / FlexPrefill budgets, workflow_scripts/calibrate.py) use sample ids CALIBRATION_OFFSET + i;
+# evaluation samples use 0 .. samples - 1. Synthetic tasks draw a fresh sample from the id; tasks over a finite
+# question pool (QA) take calibration questions from the end of the pool (``Task.pool_index``).
+CALIBRATION_OFFSET = 10**6
+
+
 class LengthError(ValueError):
     """A sample cannot be made to fit the requested length window.
 
@@ -301,7 +307,7 @@ class Task:
     uses_datasets: bool = False  # True for tasks that read natural datasets from ``datasets_dir``
 
     def __init__(self, renderer: Renderer, length: int, mode: str, seed: int = 43,
-                 datasets_dir: str | None = None, **params):
+                 datasets_dir: str | None = None, reserved: int = 0, **params):
         unknown = set(params) - set(self.defaults)
         if unknown:
             raise ValueError(f"task {self.name}: unknown parameter(s) {sorted(unknown)}; "
@@ -312,6 +318,27 @@ class Task:
         self.seed = int(seed)
         self.datasets_dir = datasets_dir      # where natural datasets (QA files) live; None = task default
         self.params = {**self.defaults, **params}
+        self.reserved = int(reserved)       # evaluation samples 0 .. reserved-1 that calibration must not reuse
+
+    def pool_index(self, sample_id: int, pool_size: int) -> int:
+        """Index into a finite question pool of ``pool_size`` for ``sample_id``: evaluation sample i asks
+        question i; calibration sample ``CALIBRATION_OFFSET + c`` asks question ``pool_size - 1 - c`` (from the
+        end, so it never coincides with one of the ``reserved`` evaluation questions). Raises LengthError (kind
+        "pool") when the pool is too small."""
+        where = f"at length {self.length}"
+        if sample_id >= CALIBRATION_OFFSET:
+            c = sample_id - CALIBRATION_OFFSET
+            index = pool_size - 1 - c
+            if index < self.reserved:
+                raise LengthError(f"{self.name}: calibration sample {c} would reuse an evaluation question: only "
+                                  f"{pool_size} questions are usable {where}, {self.reserved} evaluation samples "
+                                  f"+ {c + 1} calibration samples requested (lower samples or "
+                                  "calibration.samples)", "pool")
+            return index
+        if sample_id >= pool_size:
+            raise LengthError(f"{self.name}: sample {sample_id} requested but only {pool_size} questions are "
+                              f"usable {where}", "pool")
+        return sample_id
 
     def rng(self, sample_id: int) -> random.Random:
         """Per-sample RNG: sample i draws the same question at every length (paper: Random(43 + i))."""

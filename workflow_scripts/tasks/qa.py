@@ -170,11 +170,10 @@ class _QATask(Task):
 
     def build(self, sample_id: int) -> Sample:
         ds, pool, doc_pool, doc_tok, header = self._prepare()
-        if sample_id >= len(pool):
-            raise LengthError(f"{self.name}: sample {sample_id} requested but only {len(pool)} questions are "
-                              f"usable at length {self.length} (pool_max_tokens={self.params['pool_max_tokens']})",
-                              "pool")
-        q = pool[sample_id]
+        try:
+            q = pool[self.pool_index(sample_id, len(pool))]
+        except LengthError as e:
+            raise LengthError(f"{e} (pool_max_tokens={self.params['pool_max_tokens']})", "pool") from None
         rng = self.rng(sample_id)
         others = [d for d in doc_pool if d != q.doc]
         rng.shuffle(others)
