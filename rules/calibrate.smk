@@ -1,7 +1,8 @@
 # Automatic budget calibration of Vertical-Slash and FlexPrefill (methods.<name>.calibrate, default true):
 # calibration samples (ids offset by 10**6, disjoint from evaluation samples) per (tokenizer, task, length, mode),
-# then one small JSON per (model, length, prefill method + hyperparameters, prefill ratio) with the budget whose realized density hits
-# 1/ratio. Inference cells of that method and ratio depend on it (see rules/infer.smk).
+# then one job per (model, length, prefill method + hyperparameters): one model load, one pass of estimation
+# statistics, and for every prefill ratio the study runs the method at, the budget whose realized density hits
+# 1/ratio, all in one JSON. Inference cells of that method read their ratio's budget from it (rules/infer.smk).
 
 
 rule calibration_data:
@@ -39,13 +40,12 @@ rule calibrate:
     output:
         sfc.CALIB,
     params:
-        spec=rulefunc(lambda w: STUDY.calibration_params(w.model, int(w.length), w.method, w.phash, w.ratio)),
+        spec=rulefunc(lambda w: STUDY.calibration_params(w.model, int(w.length), w.method, w.phash)),
     log:
         sfc.LOG_CALIB,
     wildcard_constraints:
         method="|".join(sfc.CALIBRATABLE),
         phash="[0-9a-f]{8}",
-        ratio=r"\d+(\.\d+)?",
     threads: 1
     resources:
         gpu=_calibrate_gpus,

@@ -12,12 +12,21 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 
 from workflow_scripts import config as sfc  # noqa: E402
-from workflow_scripts import snakemake_speedups  # noqa: E402
+from workflow_scripts import snakemake_fixes, snakemake_speedups  # noqa: E402
 
 # Drop-in replacements for Snakemake internals that repeat work per job (group readiness and checks, resource
 # evaluation, shell commands, garbage collection): the same jobs, groups and resources, a dry run of a 6,000-job grid
 # in about half the time (see the module; SFW_SNAKEMAKE_SPEEDUPS=0 turns them off).
 snakemake_speedups.apply()
+# A Snakemake planning defect fixed (workflow_scripts/snakemake_fixes.py): without it a cell behind an `ancient`
+# input (its calibration file) whose producer has to run is never checked, and a missing cell is not rebuilt.
+if not snakemake_fixes.apply():
+    from snakemake.logging import logger as _logger
+
+    _logger.warning(
+        "snakemake_fixes: this Snakemake's DAG.update_needrun is not the one the fix was written for; a study that "
+        "adds a ratio to a calibrated method may need a second `snakemake` run to plan the new cells"
+    )
 
 _errors = sfc.schema_errors(config)
 if _errors:

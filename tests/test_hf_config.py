@@ -113,8 +113,17 @@ def test_cell_params_and_calibration_plan(tiny_model):
     assert study.calibration_path("tiny", 1024, "quest", "2") is None
     assert study.calibration_path("tiny", 1024, "block_sparse+snapkv", "2+2") is None
     targets = study.calibration_targets()
-    assert len(targets) == 4            # V-S at 2, 4, 3 (shared with the combined cells) + FlexPrefill at 2
-    spec = study.calibration_params("tiny", 1024, "flexprefill", targets[0].split("params=")[1][:8], "2")
+    assert len(targets) == 2            # one per calibrated method: V-S (2, 3, 4; shared with the combined cells), FlexPrefill
+    spec = study.calibration_params("tiny", 1024, "flexprefill", targets[0].split("params=")[1][:8])
     assert spec["params_by_task"]["ruler_vt"]["min_budget"] == 256 and spec["tasks"] == ["ruler_niah", "ruler_vt"]
+    assert spec["ratios"] == [2.0]
+    vs = study.calibration_params("tiny", 1024, "vertical_slash", targets[1].split("params=")[1][:8])
+    assert vs["ratios"] == [2.0, 3.0, 4.0]
+    # cells carry the calibration's identity: equal for the ratios of one calibration, changed with its settings
+    ident = study.cell_params("tiny", "ruler_niah", 1024, "vertical_slash", "4", 0)["calibration_identity"]
+    assert ident == p["calibration_identity"] and ident is not None
+    assert study.cell_params("tiny", "ruler_niah", 1024, "quest", "2", 0)["calibration_identity"] is None
+    other = Study({**cfg, "calibration": {"samples": 3}})
+    assert other.cell_params("tiny", "ruler_niah", 1024, "vertical_slash", "4", 0)["calibration_identity"] != ident
     dspec = study.calibration_data_params("tiny", "ruler_niah", 1024, "direct")
     assert dspec["first_sample"] == 10**6 and dspec["samples"] == 2

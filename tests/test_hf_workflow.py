@@ -42,12 +42,13 @@ def test_every_method_end_to_end_with_calibration(workflow, tiny_model):
     cal_data = workflow.path("results/calibration/data/tokenizer=tiny/task=ruler_niah/length=1024/mode=direct/"
                              "samples.parquet")
     assert [r["sample_id"] for r in pq.read_table(cal_data).to_pylist()] == [10**6, 10**6 + 1]
-    cals = sorted(workflow.path("results/calibration").glob("model=tiny/length=1024/method=*/params=*/ratio=*/"
+    cals = sorted(workflow.path("results/calibration").glob("model=tiny/length=1024/method=*/params=*/"
                                                             "calibration.json"))
-    assert len(cals) == 2
+    assert len(cals) == 2                 # one per calibrated method, holding every ratio but the dense 1
     for path in cals:
         c = json.loads(path.read_text())
-        assert abs(c["relative_error"]) <= 0.05 and c["measure"] == "density_computed"
+        assert list(c["results"]) == ["4"] and c["measure"] == "density_computed"
+        assert abs(c["results"]["4"]["relative_error"]) <= 0.05
         assert c["samples"] == {"ruler_niah": [10**6, 10**6 + 1]}
 
     rows = {}
@@ -89,7 +90,10 @@ def test_every_method_end_to_end_with_calibration(workflow, tiny_model):
     workflow.run(path)
     meta = json.loads(pq.read_schema(workflow.path(path)).metadata[b"sfw.cell"])
     assert meta["ratio"] == [4.0, 2.0] and meta["ratio_key"] == "4+2"
-    assert "method=vertical_slash/" in meta["calibration"] and "ratio=4/" in meta["calibration"]
+    assert "method=vertical_slash/" in meta["calibration"]
+    vs_meta = json.loads(pq.read_schema(workflow.path(CELL.format(m="vertical_slash", r=4))).metadata[b"sfw.budgets"])
+    assert json.loads(pq.read_schema(workflow.path(path)).metadata[b"sfw.budgets"])["calibration"] == \
+        vs_meta["calibration"]
     vs4 = {x["sample_id"]: x for x in rows["vertical_slash", 4]}
     q2 = {x["sample_id"]: x for x in rows["quest", 2]}
     for x in pq.read_table(workflow.path(path)).to_pylist():
@@ -114,3 +118,22 @@ def test_every_method_end_to_end_with_calibration(workflow, tiny_model):
     edited["methods"]["quest"]["params"] = {"share_pages": True}
     workflow.write_config(edited)
     assert workflow.planned_jobs(target) == {"model_server": 1, "infer": 2, "score": 1, "aggregate": 1}
+
+    # a new V-S ratio: the V-S calibration job (one file for all its ratios) and the new cell, no old cell ...
+    grown = copy.deepcopy(cfg)
+    grown["methods"]["vertical_slash"]["ratios"] = [1, 4, 2]
+    workflow.write_config(grown)
+    assert workflow.planned_jobs(target) == {"calibrate": 1, "model_server": 1, "infer": 1, "score": 1,
+                                             "aggregate": 1}
+    old_vs4 = workflow.path(CELL.format(m="vertical_slash", r=4)).stat().st_mtime_ns
+    workflow.run(target)
+    assert workflow.path(CELL.format(m="vertical_slash", r=4)).stat().st_mtime_ns == old_vs4
+    c = json.loads(next(workflow.path("results/calibration").glob("model=tiny/length=1024/method=vertical_slash/"
+                                                                  "params=*/calibration.json")).read_text())
+    assert sorted(c["results"]) == ["2", "4"] and c["results"]["4"]["setting"] == vs_meta["calibration"]["setting"]
+    assert workflow.planned_jobs(target) == {}
+    # ... and a changed calibration setting: both calibrations and every calibrated cell, nothing else
+    grown["calibration"]["tolerance"] = 0.04
+    workflow.write_config(grown)
+    assert workflow.planned_jobs(target) == {"calibrate": 2, "model_server": 1, "infer": 3, "score": 1,
+                                             "aggregate": 1}

@@ -9,9 +9,11 @@ Two steps, each a Snakemake rule (``rules/calibrate.smk``):
 step, but with sample ids ``CALIBRATION_OFFSET + i`` (seeds ``seed + 10**6 + i``), so they never coincide with
 evaluation samples (ids ``0 .. samples-1``).
 
-``solve`` runs the model's dense prefill over those samples (all tasks of the study pooled), records the
-method's selection statistics per (sample, layer) — the vertical / slash scores its budget is taken from —
-and solves for the budget whose **realized density** hits ``1 / ratio`` within ``tolerance`` (relative):
+``solve`` loads the model once, runs its dense prefill over those samples (all tasks of the study pooled), records
+the method's selection statistics per (sample, layer) — the vertical / slash scores its budget is taken from —
+and, for every ratio in the spec, solves for the budget whose **realized density** hits ``1 / ratio`` within
+``tolerance`` (relative); all ratios share the statistics and the memo of evaluated settings, and on a GPU the
+statistics stay on the device, where each candidate is evaluated with the methods' GPU selection:
 
 * the measure is ``density_computed``: the fraction of causal query-key pairs the kernel actually computes
   (tiles clipped to the causal triangle and the sequence), averaged over samples, layers and heads — the
@@ -41,6 +43,7 @@ import json
 import time
 
 from sparse_kernels.budgets import nearest_k
+from workflow_scripts.config import fmt_ratio
 from workflow_scripts.tasks.base import CALIBRATION_OFFSET
 
 
@@ -242,6 +245,7 @@ def run_solve(spec: dict, data_paths: list[str], out_path: str) -> dict:
     device = resolve_device(spec["device"])
     tok = AutoTokenizer.from_pretrained(spec["tokenizer"])
     model = load_model(spec["model_path"], spec["dtype"], device)
+    t_load = time.perf_counter() - t0
     tasks = spec["tasks"]
     if len(tasks) != len(data_paths):
         raise ValueError(f"{len(tasks)} tasks but {len(data_paths)} calibration data files")
@@ -262,15 +266,32 @@ def run_solve(spec: dict, data_paths: list[str], out_path: str) -> dict:
             p.pop("min_budget", None)
         probes[t] = build_one(method, 2.0, p, None, calibrated=(
             {"vertical_size": 1, "slash_size": 1} if method == "vertical_slash" else {"alpha": 0.0, "min_budget": 1}))
-    scores = collect_scores(model, prompts, probes)
+    # on a GPU the statistics stay there and every candidate budget is evaluated with the methods' GPU selection
+    scores = collect_scores(model, prompts, probes, on_device=device.type == "cuda")
     t_scores = time.perf_counter() - t0
     dm = DensityModel(method, scores, params_by_task)
     any_params = params_by_task[tasks[0]]
-    res = solve(method, dm, float(spec["ratio"]), float(spec["tolerance"]), any_params)
-    res.update({"method": method, "params_by_task": params_by_task, "model": spec["model"],
-                "length": spec["length"], "measure": "density_computed", "samples": ids,
-                "seconds": {"scores": t_scores, "total": time.perf_counter() - t0}})
-    return res
+    results, errors = {}, {}
+    for ratio in spec["ratios"]:       # one set of statistics, a memo of evaluated settings shared by all ratios
+        try:
+            results[fmt_ratio(ratio)] = solve(method, dm, float(ratio), float(spec["tolerance"]), any_params)
+        except CalibrationError as e:
+            errors[fmt_ratio(ratio)] = str(e)
+    if errors:
+        raise CalibrationError("; ".join(f"ratio {r}: {e}" for r, e in errors.items()))
+    return {"method": method, "params_by_task": params_by_task, "model": spec["model"], "length": spec["length"],
+            "measure": "density_computed", "samples": ids, "results": results, "evaluations": len(dm.memo),
+            "device": str(device),
+            "seconds": {"load": t_load, "scores": t_scores - t_load, "total": time.perf_counter() - t0}}
+
+
+def result_for(calibration: dict, ratio: float) -> dict:
+    """The budget of prefill ratio ``ratio`` in a calibration file's content."""
+    key = fmt_ratio(ratio)
+    if key not in calibration["results"]:
+        raise KeyError(f"calibration of {calibration['method']} at length {calibration['length']} has no ratio "
+                       f"{key} (ratios: {', '.join(calibration['results'])})")
+    return calibration["results"][key]
 
 
 def main(argv=None) -> None:
@@ -297,8 +318,11 @@ def main(argv=None) -> None:
     res = run_solve(spec, a.data, a.out)
     with atomic_path(a.out) as tmp:
         tmp.write_text(json.dumps(res, indent=1, sort_keys=True))
-    print(f"{res['method']} ratio {res['ratio']:g}: {res['setting']} -> density {res['density']:.4f} "
-          f"(target {res['target_density']:.4f}, {res['relative_error']:+.2%}) in {res['seconds']['total']:.1f}s")
+    for r in res["results"].values():
+        print(f"{res['method']} ratio {r['ratio']:g}: {r['setting']} -> density {r['density']:.4f} "
+              f"(target {r['target_density']:.4f}, {r['relative_error']:+.2%})")
+    print(f"{len(res['results'])} ratios, {res['evaluations']} settings evaluated on {res['device']}; seconds: "
+          f"{ {k: round(v, 1) for k, v in res['seconds'].items()} }")
 
 
 if __name__ == "__main__":

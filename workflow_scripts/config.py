@@ -35,12 +35,13 @@ PRED = RESULTS + "/predictions/" + CELL_KEYS + "/shard={shard}/part.parquet"
 SCORE = RESULTS + "/scores/model={model}/task={task}/length={length}/part.parquet"
 LOG_INFER = RESULTS + "/logs/infer/" + CELL_KEYS + "/shard={shard}.log"
 LOG_DATA = RESULTS + "/logs/data/tokenizer={tokenizer}/task={task}/length={length}/mode={mode}.log"
-# calibration (Vertical-Slash / FlexPrefill budgets): its own samples (ids offset by 10**6) and one small JSON per
-# (model, length, prefill method, its hyperparameters, prefill ratio); `params` is a short hash of the method's
-# hyperparameters per task, so a standalone method and a combined one with the same settings share it.
+# calibration (Vertical-Slash / FlexPrefill budgets): its own samples (ids offset by 10**6) and one JSON per
+# (model, length, prefill method, its hyperparameters) holding the budget of every prefill ratio the study runs the
+# method at (one model load and one pass of estimation statistics for all of them); `params` is a short hash of the
+# method's hyperparameters per task, so a standalone method and a combined one with the same settings share it.
 CALIB_DATA = (RESULTS + "/calibration/data/tokenizer={tokenizer}/task={task}/length={length}/mode={mode}"
               "/samples.parquet")
-CALIB_KEYS = "model={model}/length={length}/method={method}/params={phash}/ratio={ratio}"
+CALIB_KEYS = "model={model}/length={length}/method={method}/params={phash}"
 CALIB = RESULTS + "/calibration/" + CALIB_KEYS + "/calibration.json"
 LOG_CALIB = RESULTS + "/logs/calibration/" + CALIB_KEYS + ".log"
 LOG_CALIB_DATA = RESULTS + "/logs/calibration/data/tokenizer={tokenizer}/task={task}/length={length}/mode={mode}.log"
@@ -337,11 +338,25 @@ class Study:
         return self._calib_keys[method]
 
     def calibration_path(self, model: str, length: int | str, method: str, ratio: str) -> str | None:
-        cr = self.calibration_ratio(method, ratio)
-        if cr is None:
+        """The calibration file a cell reads its budget from (None: not calibrated, or a dense prefill ratio)."""
+        if self.calibration_ratio(method, ratio) is None:
             return None
         pre, phash = self.calibration_key(method)
-        return CALIB.format(model=model, length=length, method=pre, phash=phash, ratio=cr)
+        return CALIB.format(model=model, length=length, method=pre, phash=phash)
+
+    def calibration_ratios(self, component: str, phash: str) -> list[float]:
+        """Every prefill ratio (sorted) the study runs the calibration (component, phash) at."""
+        memo = self.__dict__.setdefault("_calib_ratios", {})
+        if not memo:
+            for method in self.cfg["methods"]:
+                if not self.calibrated(method):
+                    continue
+                key = self.calibration_key(method)
+                for ratio in self.ratios[method]:
+                    cr = self.calibration_ratio(method, ratio)
+                    if cr is not None:
+                        memo.setdefault(key, set()).add(float(cr))
+        return sorted(memo.get((component, phash), ()))
 
     def calibration_data_path(self, model: str, task: str, length: int | str) -> str:
         return CALIB_DATA.format(tokenizer=self.tokenizer_key(model), task=task, length=length, mode=self.mode(model))
@@ -429,8 +444,13 @@ class Study:
                     reserved=self.cfg["samples"])
         return spec
 
-    def calibration_params(self, model: str, length: int, component: str, phash: str, ratio: str) -> dict:
-        """Everything that defines one calibration job (model x length x prefill method + params x ratio)."""
+    def calibration_params(self, model: str, length: int, component: str, phash: str) -> dict:
+        """Everything that defines one calibration job (model x length x prefill method + params, every ratio)."""
+        return {**self.calibration_identity(model, length, component, phash),
+                "ratios": self.calibration_ratios(component, phash)}
+
+    def calibration_identity(self, model: str, length: int, component: str, phash: str) -> dict:
+        """What a calibration's budgets depend on (all but the list of ratios solved, which only adds budgets)."""
         m = self.models[model]
         cal = self.calibration_settings()
         for method in self.cfg["methods"]:          # make sure every calibrated method's key is known
@@ -439,10 +459,24 @@ class Study:
         return {
             "model": model, "model_path": self.model_dir(model), "tokenizer": self.tokenizer_path(model),
             "dtype": m["dtype"], "device": m["device"], "length": int(length),
-            "component": component, "ratio": float(ratio), "tasks": list(self.cfg["tasks"]),
+            "component": component, "tasks": list(self.cfg["tasks"]),
+            "task_versions": [self.task_versions[t] for t in self.cfg["tasks"]],
             "params_by_task": self._calib_params[(component, phash)],
             "samples": cal["samples"], "tolerance": cal["tolerance"], "seed": self.cfg["seed"],
         }
+
+    def calibration_fingerprint(self, model: str, length: int | str, method: str, ratio: str) -> str | None:
+        """Short hash of the calibration identity a cell's budget comes from: part of the cell's params, so a cell
+        reruns when its calibration's settings change, but not when the study only adds ratios (its calibration
+        file, read as an `ancient` input, is then rewritten with the same budgets plus new ones)."""
+        if self.calibration_ratio(method, ratio) is None:
+            return None
+        key = (model, int(length), *self.calibration_key(method))
+        memo = self.__dict__.setdefault("_calib_fingerprints", {})
+        if key not in memo:
+            ident = self.calibration_identity(*key)
+            memo[key] = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
+        return memo[key]
 
     def calibration_targets(self) -> list[str]:
         return sorted({p for c in self.cells()
@@ -475,6 +509,7 @@ class Study:
             "method_params": self.method_params(method, task),
             "nominal_length": int(length),   # budgets are fixed per configuration, as in the paper
             "calibration": self.calibration_path(model, length, method, ratio),
+            "calibration_identity": self.calibration_fingerprint(model, length, method, ratio),
             "executor": self.cfg["executor"],
             "max_new_tokens": self.cfg["max_new_tokens"],
             "batch_size": self.cfg["batch_size"],

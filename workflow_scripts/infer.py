@@ -203,13 +203,14 @@ def run(cell: dict, data_path: str, out_path: str, threads: int = 1, loaded: Loa
 
     device = resolve_device(cell["device"])
     calibration = load_calibration(cell.get("calibration"))
-    if calibration and (calibration["method"] != cell.get("prefill_method")
-                        or abs(calibration["ratio"] - cell["prefill_ratio"]) > 1e-9
-                        or calibration["length"] != cell["length"]
-                        or calibration["params_by_task"].get(cell["task"])
-                        != cell["method_params"][calibration["method"]]):
-        raise RuntimeError(f"{cell['calibration']} calibrates {calibration['method']}@{calibration['ratio']} "
-                           f"(length {calibration['length']}), not this cell's prefill method")
+    if calibration:
+        from .calibrate import result_for
+
+        if (calibration["method"] != cell.get("prefill_method") or calibration["length"] != cell["length"]
+                or calibration["params_by_task"].get(cell["task"]) != cell["method_params"][calibration["method"]]):
+            raise RuntimeError(f"{cell['calibration']} calibrates {calibration['method']} (length "
+                               f"{calibration['length']}), not this cell's prefill method")
+        calibration = result_for(calibration, cell["prefill_ratio"])
     prefill, decode = build_methods(cell["method"], cell["ratio"], cell.get("method_params"),
                                     nominal_length=cell.get("nominal_length", cell["length"]),
                                     calibrated=calibration["setting"] if calibration else None)
