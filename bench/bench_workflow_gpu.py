@@ -323,7 +323,16 @@ def cmd_report(a) -> None:
         checks["calibration GPU time / served cells at 100 samples (target <= 0.10)"] = total_cal / total_cells
     if kernel_sum:
         checks["workflow wall / sum of the samples' prefill + decode (target <= 1.3)"] = wall / kernel_sum
-    out = {"device": device, "study": cfg, "phases_s": phases, "cells": cells, "calibration": calib,
+    # prices for the GPU-hour estimate (workflow_scripts/estimate.py): load seconds per GB of weights, and a
+    # calibration job's work beyond its load in dense prefills of one sample at its length
+    weights_gb = params * 2 / 1e9
+    load_s_per_gb = (sum(loads.values()) / len(loads) / weights_gb) if loads else None
+    cal_samples = [(c["seconds"]["total"] - c["seconds"].get("load", 0)) / cells[f"{c['length']}/dense"]["prefill_s"]
+                   for c in calib if f"{c['length']}/dense" in cells]
+    gpu_held = by_rule.get("calibrate", 0) + by_rule.get("model_server", 0)
+    out = {"device": device, "study": cfg, "phases_s": phases, "load_s_per_gb": load_s_per_gb,
+           "calibration_dense_samples": sum(cal_samples) / len(cal_samples) if cal_samples else None,
+           "gpu_held_s": gpu_held, "cells": cells, "calibration": calib,
            "calibration_served": served, "checks": checks, "calls": record["calls"], "jobs_by_rule_s": by_rule}
     dest = Path(a.out)
     dest.parent.mkdir(parents=True, exist_ok=True)

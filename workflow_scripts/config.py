@@ -144,12 +144,14 @@ def tokenizer_fingerprint(folder: Path) -> str | None:
 
 
 class Study:
-    def __init__(self, config: dict, workdir: str | os.PathLike = "."):
+    def __init__(self, config: dict, workdir: str | os.PathLike = ".", check_paths: bool = True):
+        """``check_paths=False``: plan a study whose checkpoints are not there yet (the GPU-hour estimate)."""
         self.workdir = Path(workdir)
         self.cfg = {**TOP_DEFAULTS, **config}
         self._check_top()
         self.models = {name: {**MODEL_DEFAULTS, **entry} for name, entry in self.cfg["models"].items()}
-        self._check_models()
+        if check_paths:
+            self._check_models()
         self.tokenizer_keys, self.tokenizer_canonical = self._tokenizer_keys()
         self.ratios = self._ratios()
         self.task_versions = {t: load_task_class(t).version for t in self.cfg["tasks"]}
