@@ -5,8 +5,10 @@
 #
 # Installs the wheel folder .whl (Snakemake, DuckDB, ...: ../shared/tools/device-workflow-wheels.sh, carried with the
 # call) into /tmp/site, then runs `bench_workflow_gpu.py run` and the report, which it copies to $OUT (default
-# results/bench_wf_out). The work folder results/bench_wf (ignored by git) stays on the machine while it is warm,
-# so several calls continue one study.
+# results/bench_wf_out), with the work folder's results (wd.tgz: predictions, calibration files, Snakemake logs) so
+# that the runs of several calls (a machine that goes idle starts bare) can be merged and reported together here:
+#   mkdir -p W && tar xzf OUT1/wd.tgz -C W && tar xzf OUT2/wd.tgz -C W ... ; merge the record.json "calls" lists;
+#   python bench/bench_workflow_gpu.py report --work W --out docs/results/workflow_gpu_h100
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
@@ -24,6 +26,6 @@ python3 bench/bench_workflow_gpu.py run --work results/bench_wf "$@"
 rc=$?
 python3 bench/bench_workflow_gpu.py report --work results/bench_wf --out "$OUT/workflow_gpu" > /dev/null
 cp results/bench_wf/record.json "$OUT/" 2>/dev/null
-tar czf "$OUT/logs.tgz" -C results/bench_wf/wd results/logs results/calibration .snakemake/log 2>/dev/null
+tar czf "$OUT/wd.tgz" -C results/bench_wf wd/results wd/.snakemake/log wd/study.yaml 2>/dev/null
 cat "$OUT/workflow_gpu.md" 2>/dev/null
 exit $rc
