@@ -237,7 +237,11 @@ def cmd_report(a) -> None:
     cfg = record["study"]
     ratio = cfg["methods"]["vertical_slash"]["ratios"][0]
     samples = cfg["samples"]
-    device = next((c["device"] for c in reversed(record["calls"]) if "device" in c), None)
+    device = None                   # the device measurements of every call that made them (SDPA rate per length)
+    for c in record["calls"]:
+        if "device" in c:
+            sdpa = {**(device or {}).get("sdpa_tflops", {}), **c["device"]["sdpa_tflops"]}
+            device = {**c["device"], "sdpa_tflops": sdpa}
     jobs = [j for c in record["calls"] for p in c["snakemake_logs"] for j in job_times(work / p)]
     by_rule: dict[str, float] = {}
     for rule, s in jobs:
@@ -262,7 +266,7 @@ def cmd_report(a) -> None:
             limit = None
             if device:
                 lin = 2 * params * n_tok / (device["gemm_tflops"] * 1e12)
-                att = 4 * 28 * 128 * n_tok**2 / 2 / (device["sdpa_tflops"][str(L)] * 1e12)
+                att = 4 * QWEN25_7B["num_hidden_layers"] * 28 * 128 * n_tok**2 / 2 / (device["sdpa_tflops"][str(L)] * 1e12)
                 pre_limit = lin + att * (density if m in PREFILL else 1.0)
                 kv = kv_token * (n_tok + 16) * (density if m not in PREFILL else 1.0)
                 tok_limit = (params * 2 + kv) / (device["hbm_gbps"] * 1e9)
