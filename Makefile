@@ -45,5 +45,8 @@ slurm-status:
 test-slurm: setup
 	SFW_REQUIRE_SLURM=1 $(BIN)/python -m pytest tests/test_slurm.py $(PYTEST_ARGS)
 
+# Everything the workflow writes (results/ less the shipped results/README.md, as in .gitignore) and Snakemake's
+# own records.
 clean:
-	rm -rf results/data results/predictions results/scores results/aggregate results/charts results/logs .snakemake
+	find results -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
+	rm -rf .snakemake

@@ -4,6 +4,7 @@
 # 1/ratio. Inference cells of that method and ratio depend on it (see rules/infer.smk).
 
 
+# lint: runs the workflow's own Python environment, no conda/container (see rules/common.smk)
 rule calibration_data:
     input:
         tokenizer=_tokenizer_input,
@@ -20,19 +21,7 @@ rule calibration_data:
         "{PY} workflow_scripts.calibrate data --spec {params.spec:q} --out {output:q} > {log:q} 2>&1"
 
 
-@rulefunc
-def _calibrate_inputs(w):
-    return {
-        "data": [STUDY.calibration_data_path(w.model, t, w.length) for t in STUDY.cfg["tasks"]],
-        "model": STUDY.model_dir(w.model),
-    }
-
-
-@rulefunc
-def _calibrate_gpus(w):
-    return 1 if STUDY.models[w.model]["device"] == "cuda" else 0
-
-
+# lint: runs the workflow's own Python environment, no conda/container (see rules/common.smk)
 rule calibrate:
     input:
         unpack(_calibrate_inputs),

@@ -2,12 +2,7 @@
 # the tokenizer and by every method and ratio.
 
 
-@rulefunc
-def _tokenizer_input(wildcards):
-    model = next(n for n in STUDY.models if STUDY.tokenizer_key(n) == wildcards.tokenizer)
-    return STUDY.data_tokenizer_path(model)
-
-
+# lint: runs the workflow's own Python environment, no conda/container (see rules/common.smk)
 rule task_data:
     input:
         tokenizer=_tokenizer_input,
@@ -28,12 +23,6 @@ rule task_data:
 DATA_CARDS = expand("results/data_cards/tokenizer={tok}.md", tok=sorted(set(STUDY.tokenizer_keys.values())))
 
 
-@rulefunc
-def _data_card_inputs(wildcards):
-    models = [m for m in STUDY.models if STUDY.tokenizer_key(m) == wildcards.tokenizer]
-    return sorted({STUDY.data_path(m, t, L) for m in models for t in config["tasks"] for L in config["lengths"]})
-
-
 rule data_card:
     input:
         _data_card_inputs,
@@ -42,7 +31,9 @@ rule data_card:
         parquet="results/data_cards/tokenizer={tokenizer}.parquet",
     params:
         tokenizer=rulefunc(_tokenizer_input),
+    log:
+        "results/logs/data_card/tokenizer={tokenizer}.log",
     run:
         from workflow_scripts.data_card import data_card
 
-        data_card(list(input), params.tokenizer, output.md, output.parquet)
+        logged(log[0], data_card, list(input), params.tokenizer, output.md, output.parquet)

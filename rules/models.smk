@@ -4,6 +4,7 @@ BUILD_TARGETS = STUDY.build_targets()
 
 if BUILD_TARGETS:
 
+    # lint: runs the workflow's own Python environment, no conda/container (see rules/common.smk)
     rule build_tiny_model:
         output:
             directory("{model_dir}"),

@@ -33,6 +33,7 @@ PRED = RESULTS + "/predictions/" + CELL_KEYS + "/shard={shard}/part.parquet"
 # keeps the DAG small (the paper grid: 144 score jobs instead of ~7,000)
 SCORE = RESULTS + "/scores/model={model}/task={task}/length={length}/part.parquet"
 LOG_INFER = RESULTS + "/logs/infer/" + CELL_KEYS + "/shard={shard}.log"
+LOG_SCORE = RESULTS + "/logs/score/model={model}/task={task}/length={length}.log"
 LOG_DATA = RESULTS + "/logs/data/tokenizer={tokenizer}/task={task}/length={length}/mode={mode}.log"
 # calibration (Vertical-Slash / FlexPrefill budgets): its own samples (ids offset by 10**6) and one small JSON per
 # (model, length, prefill method, its hyperparameters, prefill ratio); `params` is a short hash of the method's
