@@ -32,7 +32,7 @@ rule calibrate:
     log:
         sfc.LOG_CALIB,
     wildcard_constraints:
-        method="|".join(sfc.CALIBRATABLE),
+        method="|".join(sfc.calibratable()),
         phash="[0-9a-f]{8}",
         ratio=r"\d+(\.\d+)?",
     threads: 1

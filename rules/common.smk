@@ -28,15 +28,26 @@ from workflow_scripts import snakemake_speedups  # noqa: E402
 from workflow_scripts.io import logged  # noqa: E402  (the log of each rule that runs in-process)
 
 # Drop-in replacements for Snakemake internals that repeat work per job (group readiness and checks, resource
-# evaluation, shell commands, garbage collection): the same jobs, groups and resources, a dry run of a 6,000-job grid
-# in about half the time (see the module; SFW_SNAKEMAKE_SPEEDUPS=0 turns them off).
-snakemake_speedups.apply()
+# evaluation, shell commands, garbage collection): the same jobs, groups and resources, a dry run of the paper grid
+# with 1.4-1.6x less CPU, of 6,000-job grids 2-2.6x (docs/snakemake_patches.md; SFW_SNAKEMAKE_SPEEDUPS=0 turns them
+# off). Only for the Snakemake code they were checked against: on another version, a warning names those skipped.
+_skipped = [name for name, ok in snakemake_speedups.apply().items() if not ok]
+if _skipped:
+    from snakemake import __version__ as _sm_version
+    from snakemake.logging import logger
+
+    logger.warning(
+        f"Snakemake {_sm_version}: running without the patches {', '.join(_skipped)} of"
+        " workflow_scripts/snakemake_speedups.py (checked against Snakemake 9.27.1); dry runs of large grids are"
+        " slower (docs/snakemake_patches.md)"
+    )
 
 _errors = sfc.schema_errors(config)
 if _errors:
     raise WorkflowError("Invalid configuration:\n  " + "\n  ".join(_errors))
 validate(config, sfc.SCHEMA_PATH)  # fills schema defaults
 try:
+    sfc.load_method_modules(config)  # methods registered outside sparse_kernels (docs/extending.md)
     STUDY = sfc.Study(config)
 except sfc.ConfigError as err:
     raise WorkflowError(f"Invalid configuration: {err}") from None
