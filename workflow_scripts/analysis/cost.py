@@ -16,8 +16,8 @@ All quantities are analytic; nothing here needs a GPU.  Conventions (see docs/an
 * ``decode_flops_per_token`` is our reconstruction of the v1 ("isoFLOPS") decode cost; the v1
   formula itself was not found.
 
-This module imports only the standard library at import time (pandas is imported lazily by
-:func:`cost_table`).
+This module imports only the standard library and the (import-light) method registry at import time
+(pandas is imported lazily by :func:`cost_table`).
 """
 
 from __future__ import annotations
