@@ -2,7 +2,7 @@
 # rules (kept here, apart from the rules, so each rules/*.smk file reads as its rules). Runs when the Snakefile
 # loads, before any job.
 #
-# `snakemake --lint` findings that stay, each on purpose (tests/test_lint_format.py allows exactly these):
+# `snakemake --lint` findings that stay, each on purpose (tests/test_lint_format.py allows only these):
 # - "Specify a conda environment or container for each rule": the rules that run a process run this workflow's
 #   own Python environment (requirements.txt; PY below is its interpreter), the one that runs Snakemake, so that
 #   a job and the DAG it was planned in see the same code and package versions. No conda/container is offered.
