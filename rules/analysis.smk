@@ -14,10 +14,10 @@ rule model_info:
         [STUDY.model_dir(m) for m in STUDY.models],
     output:
         "results/analysis/models.parquet",
-    params:
-        models={m: STUDY.model_dir(m) for m in STUDY.models},
     log:
         "results/logs/analysis/model_info.log",
+    params:
+        models={m: STUDY.model_dir(m) for m in STUDY.models},
     run:
         from workflow_scripts.analyze import model_table
 
@@ -30,10 +30,10 @@ rule isocost:
         models="results/analysis/models.parquet",
     output:
         "results/analysis/isocost_points.parquet",
-    params:
-        analysis=config.get("analysis", {}),
     log:
         "results/logs/analysis/isocost.log",
+    params:
+        analysis=config.get("analysis", {}),
     run:
         from workflow_scripts.analyze import isocost
 
@@ -45,8 +45,12 @@ rule chart_iso:
         "results/analysis/isocost_points.parquet",
     output:
         html="results/charts/{kind}.html",
-        png=report("results/charts/{kind}.png", caption="report/iso.rst", category="1. Pareto frontiers",
-                   labels={"chart": "{kind}"}),
+        png=report(
+            "results/charts/{kind}.png",
+            caption="report/iso.rst",
+            category="1. Pareto frontiers",
+            labels={"chart": "{kind}"},
+        ),
     log:
         "results/logs/charts/{kind}.log",
     wildcard_constraints:
@@ -63,10 +67,10 @@ rule significance:
     output:
         detail="results/analysis/max_ratio_detail.parquet",
         summary="results/analysis/max_ratio.parquet",
-    params:
-        analysis=config.get("analysis", {}),
     log:
         "results/logs/analysis/significance.log",
+    params:
+        analysis=config.get("analysis", {}),
     run:
         from workflow_scripts.analyze import significance
 
@@ -78,8 +82,12 @@ rule chart_max_ratio:
         "results/analysis/max_ratio.parquet",
     output:
         html="results/charts/max_ratio.html",
-        png=report("results/charts/max_ratio.png", caption="report/max_ratio.rst", category="2. Retention",
-                   labels={"chart": "max_ratio"}),
+        png=report(
+            "results/charts/max_ratio.png",
+            caption="report/max_ratio.rst",
+            category="2. Retention",
+            labels={"chart": "max_ratio"},
+        ),
     log:
         "results/logs/charts/max_ratio.log",
     run:
@@ -96,8 +104,12 @@ rule scaling:
         table3="results/analysis/scaling_table3.parquet",
         table4="results/analysis/scaling_table4.parquet",
         table7="results/analysis/scaling_table7.parquet",
-        md=report("results/analysis/scaling.md", caption="report/scaling.rst", category="3. Scaling laws",
-                  labels={"table": "scaling"}),
+        md=report(
+            "results/analysis/scaling.md",
+            caption="report/scaling.rst",
+            category="3. Scaling laws",
+            labels={"table": "scaling"},
+        ),
     log:
         "results/logs/analysis/scaling.log",
     run:
@@ -111,10 +123,10 @@ rule relative_error:
         AGG_SUMMARY,
     output:
         "results/analysis/relative_error.parquet",
-    params:
-        analysis=config.get("analysis", {}),
     log:
         "results/logs/analysis/relative_error.log",
+    params:
+        analysis=config.get("analysis", {}),
     run:
         from workflow_scripts.analyze import relative_error
 
@@ -126,8 +138,12 @@ rule chart_relative_error:
         "results/analysis/relative_error.parquet",
     output:
         html="results/charts/relative_error.html",
-        png=report("results/charts/relative_error.png", caption="report/relative_error.rst",
-                   category="4. Sequence length", labels={"chart": "relative_error"}),
+        png=report(
+            "results/charts/relative_error.png",
+            caption="report/relative_error.rst",
+            category="4. Sequence length",
+            labels={"chart": "relative_error"},
+        ),
     log:
         "results/logs/charts/relative_error.log",
     run:

@@ -10,13 +10,13 @@ rule calibration_data:
         tokenizer=_tokenizer_input,
     output:
         sfc.CALIB_DATA,
-    params:
-        spec=rulefunc(lambda w: STUDY.calibration_data_params(w.tokenizer, w.task, int(w.length), w.mode)),
     log:
         sfc.LOG_CALIB_DATA,
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        spec=rulefunc(lambda w: STUDY.calibration_data_params(w.tokenizer, w.task, int(w.length), w.mode)),
     shell:
         "{PY} workflow_scripts.calibrate data --spec {params.spec:q} --out {output:q} > {log:q} 2>&1"
 
@@ -27,8 +27,6 @@ rule calibrate:
         unpack(_calibrate_inputs),
     output:
         sfc.CALIB,
-    params:
-        spec=rulefunc(lambda w: STUDY.calibration_params(w.model, int(w.length), w.method, w.phash, w.ratio)),
     log:
         sfc.LOG_CALIB,
     wildcard_constraints:
@@ -40,6 +38,7 @@ rule calibrate:
         gpu=_calibrate_gpus,
         mem_mb=8000,
         runtime=60,
+    params:
+        spec=rulefunc(lambda w: STUDY.calibration_params(w.model, int(w.length), w.method, w.phash, w.ratio)),
     shell:
-        "{PY} workflow_scripts.calibrate solve --spec {params.spec:q} --out {output:q} {input.data:q}"
-        " > {log:q} 2>&1"
+        "{PY} workflow_scripts.calibrate solve --spec {params.spec:q} --out {output:q} {input.data:q}" " > {log:q} 2>&1"

@@ -19,9 +19,7 @@ from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)
 # lint: PYTHONPATH is set for the jobs, not read (see above)
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in [workflow.basedir, os.environ.get("PYTHONPATH", "")] if p
-)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in [workflow.basedir, os.environ.get("PYTHONPATH", "")] if p)
 
 from workflow_scripts import config as sfc  # noqa: E402
 from workflow_scripts import snakemake_speedups  # noqa: E402
@@ -67,6 +65,7 @@ def rulefunc(func):
 
     overwrite_function_params(func, inspect.signature(func).parameters)
     return func
+
 
 DATA, PRED, SCORE = sfc.DATA, sfc.PRED, sfc.SCORE
 AGG_DB, AGG_SAMPLES, AGG_SUMMARY = sfc.AGG_DB, sfc.AGG_SAMPLES, sfc.AGG_SUMMARY

@@ -8,13 +8,13 @@ rule task_data:
         tokenizer=_tokenizer_input,
     output:
         DATA,
-    params:
-        spec=rulefunc(lambda w: STUDY.data_params(w.tokenizer, w.task, int(w.length), w.mode)),
     log:
         sfc.LOG_DATA,
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        spec=rulefunc(lambda w: STUDY.data_params(w.tokenizer, w.task, int(w.length), w.mode)),
     shell:
         "{PY} workflow_scripts.make_data --spec {params.spec:q} --out {output:q} > {log:q} 2>&1"
 
@@ -29,10 +29,10 @@ rule data_card:
     output:
         md="results/data_cards/tokenizer={tokenizer}.md",
         parquet="results/data_cards/tokenizer={tokenizer}.parquet",
-    params:
-        tokenizer=rulefunc(_tokenizer_input),
     log:
         "results/logs/data_card/tokenizer={tokenizer}.log",
+    params:
+        tokenizer=rulefunc(_tokenizer_input),
     run:
         from workflow_scripts.data_card import data_card
 

@@ -31,8 +31,6 @@ rule infer:
         unpack(_infer_inputs),
     output:
         PRED,
-    params:
-        cell=_infer_params,
     log:
         sfc.LOG_INFER,
     group:
@@ -42,6 +40,8 @@ rule infer:
         gpu=0,
         mem_mb=0,
         runtime=1,
+    params:
+        cell=_infer_params,
     shell:
         "{PY} workflow_scripts.server_client --address {input.server:q} --cell {params.cell:q}"
         " --data {input.data:q} --out {output:q} --threads 1 > {log:q} 2>&1"
@@ -73,7 +73,7 @@ rule model_server:
         runtime=_server_runtime,
     shell:
         "addr=@sfw-model-server-$$-$RANDOM$RANDOM;"
-        " printf '{{\"address\": \"%s\", \"pid\": %d, \"host\": \"%s\"}}\\n' \"$addr\" $$ \"$HOSTNAME\""
+        ' printf \'{{"address": "%s", "pid": %d, "host": "%s"}}\\n\' "$addr" $$ "$HOSTNAME"'
         " > {output:q};"
-        " exec {PY} workflow_scripts.server --listen \"$addr\" --server {wildcards.server:q} --threads {threads}"
+        ' exec {PY} workflow_scripts.server --listen "$addr" --server {wildcards.server:q} --threads {threads}'
         " > {log:q} 2>&1"

@@ -16,13 +16,13 @@ rule score:
         data=_SCORE_DATA or _score_data,
     output:
         SCORE,
-    params:
-        spec=rulefunc(lambda w: STUDY.score_params(w.task)),
     log:
         sfc.LOG_SCORE,
     resources:
         mem_mb=4000,
         runtime=10,
+    params:
+        spec=rulefunc(lambda w: STUDY.score_params(w.task)),
     shell:
         "{PY} workflow_scripts.score --spec {params.spec:q} --data {input.data:q} --out {output:q} {input.preds:q}"
         " > {log:q} 2>&1"
