@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f
 CORES  ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: setup run test dry-run clean slurm-up slurm-down slurm-status test-slurm
+.PHONY: setup run test dry-run lint format clean slurm-up slurm-down slurm-status test-slurm
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,14 @@ dry-run: setup
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# snakemake --lint (only the findings rules/common.smk justifies) and snakefmt --check, as tests/test_lint_format.py;
+# `make format` rewrites the Snakefile and rules/*.smk with the pinned snakefmt.
+lint: setup
+	$(BIN)/python -m pytest -q tests/test_lint_format.py
+
+format: setup
+	$(BIN)/snakefmt Snakefile rules/
+
 # Local single-node SLURM test cluster (root + apt; see docs/slurm.md). `make test` runs tests/test_slurm.py
 # against it when it is up and skips that test otherwise; .ci/run starts and stops it around `make test`.
 slurm-up:
@@ -45,5 +53,8 @@ slurm-status:
 test-slurm: setup
 	SFW_REQUIRE_SLURM=1 $(BIN)/python -m pytest tests/test_slurm.py $(PYTEST_ARGS)
 
+# Everything the workflow writes (results/ less the shipped results/README.md, as in .gitignore) and Snakemake's
+# own records.
 clean:
-	rm -rf results/data results/predictions results/scores results/aggregate results/charts results/logs .snakemake
+	find results -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
+	rm -rf .snakemake

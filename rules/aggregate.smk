@@ -8,10 +8,12 @@ rule aggregate:
         db=AGG_DB,
         samples=AGG_SAMPLES,
         summary=AGG_SUMMARY,
+    log:
+        "results/logs/aggregate.log",
     resources:
         mem_mb=4000,
         runtime=30,
     run:
         from workflow_scripts.aggregate import aggregate
 
-        aggregate(list(input), output.db, output.samples, output.summary)
+        logged(log[0], aggregate, list(input), output.db, output.samples, output.summary)

@@ -1,121 +1,152 @@
 # The paper's analyses as rules: cost model, isoFLOPS / isoCost / isoTime Pareto charts, maximum compression
-# with statistically guaranteed retention, scaling-law fits, sequence-length analysis. Each writes parquet;
-# charts are Altair (offline HTML + PNG) and go into `snakemake --report`.
+# with statistically guaranteed retention, scaling-law fits, sequence-length analysis. Each writes parquet
+# under results/analysis; charts are Altair (offline HTML + PNG under results/charts) and go into
+# `snakemake --report`.
 
-ANALYSIS = "results/analysis"
-CHART = "results/charts"
 ISO_KINDS = ["isoflops", "isocost", "isotime"]
 
-ANALYSIS_CHARTS = expand(CHART + "/{name}.png", name=ISO_KINDS + ["max_ratio", "relative_error"])
-ANALYSIS_TABLES = [ANALYSIS + "/scaling.md", ANALYSIS + "/max_ratio_detail.parquet"]
+ANALYSIS_CHARTS = expand("results/charts/{name}.png", name=ISO_KINDS + ["max_ratio", "relative_error"])
+ANALYSIS_TABLES = ["results/analysis/scaling.md", "results/analysis/max_ratio_detail.parquet"]
 
 
 rule model_info:
     input:
         [STUDY.model_dir(m) for m in STUDY.models],
     output:
-        ANALYSIS + "/models.parquet",
+        "results/analysis/models.parquet",
+    log:
+        "results/logs/analysis/model_info.log",
     params:
         models={m: STUDY.model_dir(m) for m in STUDY.models},
     run:
         from workflow_scripts.analyze import model_table
 
-        model_table(params.models, output[0])
+        logged(log[0], model_table, params.models, output[0])
 
 
 rule isocost:
     input:
         summary=AGG_SUMMARY,
-        models=ANALYSIS + "/models.parquet",
+        models="results/analysis/models.parquet",
     output:
-        ANALYSIS + "/isocost_points.parquet",
+        "results/analysis/isocost_points.parquet",
+    log:
+        "results/logs/analysis/isocost.log",
     params:
         analysis=config.get("analysis", {}),
     run:
         from workflow_scripts.analyze import isocost
 
-        isocost(input.summary, input.models, {"analysis": params.analysis}, output[0])
+        logged(log[0], isocost, input.summary, input.models, {"analysis": params.analysis}, output[0])
 
 
 rule chart_iso:
     input:
-        ANALYSIS + "/isocost_points.parquet",
+        "results/analysis/isocost_points.parquet",
     output:
-        html=CHART + "/{kind}.html",
-        png=report(CHART + "/{kind}.png", caption="report/iso.rst", category="1. Pareto frontiers",
-                   labels={"chart": "{kind}"}),
+        html="results/charts/{kind}.html",
+        png=report(
+            "results/charts/{kind}.png",
+            caption="report/iso.rst",
+            category="1. Pareto frontiers",
+            labels={"chart": "{kind}"},
+        ),
+    log:
+        "results/logs/charts/{kind}.log",
     wildcard_constraints:
         kind="|".join(ISO_KINDS),
     run:
         from workflow_scripts.charts import iso_chart
 
-        iso_chart(input[0], wildcards.kind, output.html, output.png)
+        logged(log[0], iso_chart, input[0], wildcards.kind, output.html, output.png)
 
 
 rule significance:
     input:
         AGG_SAMPLES,
     output:
-        detail=ANALYSIS + "/max_ratio_detail.parquet",
-        summary=ANALYSIS + "/max_ratio.parquet",
+        detail="results/analysis/max_ratio_detail.parquet",
+        summary="results/analysis/max_ratio.parquet",
+    log:
+        "results/logs/analysis/significance.log",
     params:
         analysis=config.get("analysis", {}),
     run:
         from workflow_scripts.analyze import significance
 
-        significance(input[0], {"analysis": params.analysis}, output.detail, output.summary)
+        logged(log[0], significance, input[0], {"analysis": params.analysis}, output.detail, output.summary)
 
 
 rule chart_max_ratio:
     input:
-        ANALYSIS + "/max_ratio.parquet",
+        "results/analysis/max_ratio.parquet",
     output:
-        html=CHART + "/max_ratio.html",
-        png=report(CHART + "/max_ratio.png", caption="report/max_ratio.rst", category="2. Retention",
-                   labels={"chart": "max_ratio"}),
+        html="results/charts/max_ratio.html",
+        png=report(
+            "results/charts/max_ratio.png",
+            caption="report/max_ratio.rst",
+            category="2. Retention",
+            labels={"chart": "max_ratio"},
+        ),
+    log:
+        "results/logs/charts/max_ratio.log",
     run:
         from workflow_scripts.charts import max_ratio_chart
 
-        max_ratio_chart(input[0], output.html, output.png)
+        logged(log[0], max_ratio_chart, input[0], output.html, output.png)
 
 
 rule scaling:
     input:
         summary=AGG_SUMMARY,
-        models=ANALYSIS + "/models.parquet",
+        models="results/analysis/models.parquet",
     output:
-        table3=ANALYSIS + "/scaling_table3.parquet",
-        table4=ANALYSIS + "/scaling_table4.parquet",
-        table7=ANALYSIS + "/scaling_table7.parquet",
-        md=report(ANALYSIS + "/scaling.md", caption="report/scaling.rst", category="3. Scaling laws",
-                  labels={"table": "scaling"}),
+        table3="results/analysis/scaling_table3.parquet",
+        table4="results/analysis/scaling_table4.parquet",
+        table7="results/analysis/scaling_table7.parquet",
+        md=report(
+            "results/analysis/scaling.md",
+            caption="report/scaling.rst",
+            category="3. Scaling laws",
+            labels={"table": "scaling"},
+        ),
+    log:
+        "results/logs/analysis/scaling.log",
     run:
         from workflow_scripts.analyze import scaling
 
-        scaling(input.summary, input.models, output.table3, output.table4, output.table7, output.md)
+        logged(log[0], scaling, input.summary, input.models, output.table3, output.table4, output.table7, output.md)
 
 
 rule relative_error:
     input:
         AGG_SUMMARY,
     output:
-        ANALYSIS + "/relative_error.parquet",
+        "results/analysis/relative_error.parquet",
+    log:
+        "results/logs/analysis/relative_error.log",
     params:
         analysis=config.get("analysis", {}),
     run:
         from workflow_scripts.analyze import relative_error
 
-        relative_error(input[0], {"analysis": params.analysis}, output[0])
+        logged(log[0], relative_error, input[0], {"analysis": params.analysis}, output[0])
 
 
 rule chart_relative_error:
     input:
-        ANALYSIS + "/relative_error.parquet",
+        "results/analysis/relative_error.parquet",
     output:
-        html=CHART + "/relative_error.html",
-        png=report(CHART + "/relative_error.png", caption="report/relative_error.rst",
-                   category="4. Sequence length", labels={"chart": "relative_error"}),
+        html="results/charts/relative_error.html",
+        png=report(
+            "results/charts/relative_error.png",
+            caption="report/relative_error.rst",
+            category="4. Sequence length",
+            labels={"chart": "relative_error"},
+        ),
+    log:
+        "results/logs/charts/relative_error.log",
     run:
         from workflow_scripts.charts import relative_error_chart
 
-        relative_error_chart(input[0], output.html, output.png)
+        logged(log[0], relative_error_chart, input[0], output.html, output.png)

@@ -5,52 +5,40 @@
 # 1/ratio, all in one JSON. Inference cells of that method read their ratio's budget from it (rules/infer.smk).
 
 
+# lint: runs the workflow's own Python environment, no conda/container (see rules/common.smk)
 rule calibration_data:
     input:
         tokenizer=_tokenizer_input,
     output:
         sfc.CALIB_DATA,
-    params:
-        spec=rulefunc(lambda w: STUDY.calibration_data_params(w.tokenizer, w.task, int(w.length), w.mode)),
     log:
         sfc.LOG_CALIB_DATA,
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        spec=rulefunc(lambda w: STUDY.calibration_data_params(w.tokenizer, w.task, int(w.length), w.mode)),
     shell:
         "{PY} workflow_scripts.calibrate data --spec {params.spec:q} --out {output:q} > {log:q} 2>&1"
 
 
-@rulefunc
-def _calibrate_inputs(w):
-    return {
-        "data": [STUDY.calibration_data_path(w.model, t, w.length) for t in STUDY.cfg["tasks"]],
-        "model": STUDY.model_dir(w.model),
-    }
-
-
-@rulefunc
-def _calibrate_gpus(w):
-    return 1 if STUDY.models[w.model]["device"] == "cuda" else 0
-
-
+# lint: runs the workflow's own Python environment, no conda/container (see rules/common.smk)
 rule calibrate:
     input:
         unpack(_calibrate_inputs),
     output:
         sfc.CALIB,
-    params:
-        spec=rulefunc(lambda w: STUDY.calibration_params(w.model, int(w.length), w.method, w.phash)),
     log:
         sfc.LOG_CALIB,
     wildcard_constraints:
-        method="|".join(sfc.CALIBRATABLE),
+        method="|".join(sfc.calibratable()),
         phash="[0-9a-f]{8}",
     threads: 1
     resources:
         gpu=_calibrate_gpus,
         mem_mb=8000,
         runtime=60,
+    params:
+        spec=rulefunc(lambda w: STUDY.calibration_params(w.model, int(w.length), w.method, w.phash)),
     shell:
-        "{PY} workflow_scripts.calibrate solve --spec {params.spec:q} --out {output:q} {input.data:q}"
-        " > {log:q} 2>&1"
+        "{PY} workflow_scripts.calibrate solve --spec {params.spec:q} --out {output:q} {input.data:q}" " > {log:q} 2>&1"

@@ -2,24 +2,19 @@
 # the tokenizer and by every method and ratio.
 
 
-@rulefunc
-def _tokenizer_input(wildcards):
-    model = next(n for n in STUDY.models if STUDY.tokenizer_key(n) == wildcards.tokenizer)
-    return STUDY.data_tokenizer_path(model)
-
-
+# lint: runs the workflow's own Python environment, no conda/container (see rules/common.smk)
 rule task_data:
     input:
         tokenizer=_tokenizer_input,
     output:
         DATA,
-    params:
-        spec=rulefunc(lambda w: STUDY.data_params(w.tokenizer, w.task, int(w.length), w.mode)),
     log:
         sfc.LOG_DATA,
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        spec=rulefunc(lambda w: STUDY.data_params(w.tokenizer, w.task, int(w.length), w.mode)),
     shell:
         "{PY} workflow_scripts.make_data --spec {params.spec:q} --out {output:q} > {log:q} 2>&1"
 
@@ -28,21 +23,17 @@ rule task_data:
 DATA_CARDS = expand("results/data_cards/tokenizer={tok}.md", tok=sorted(set(STUDY.tokenizer_keys.values())))
 
 
-@rulefunc
-def _data_card_inputs(wildcards):
-    models = [m for m in STUDY.models if STUDY.tokenizer_key(m) == wildcards.tokenizer]
-    return sorted({STUDY.data_path(m, t, L) for m in models for t in config["tasks"] for L in config["lengths"]})
-
-
 rule data_card:
     input:
         _data_card_inputs,
     output:
         md="results/data_cards/tokenizer={tokenizer}.md",
         parquet="results/data_cards/tokenizer={tokenizer}.parquet",
+    log:
+        "results/logs/data_card/tokenizer={tokenizer}.log",
     params:
         tokenizer=rulefunc(_tokenizer_input),
     run:
         from workflow_scripts.data_card import data_card
 
-        data_card(list(input), params.tokenizer, output.md, output.parquet)
+        logged(log[0], data_card, list(input), params.tokenizer, output.md, output.parquet)

@@ -23,45 +23,14 @@ except OSError as err:
     logger.warning(f"model_server: cannot create rendezvous placeholders ({err}); cells may rerun with their server")
 
 
-def _cell_server(w):
-    return LOADS.server(w.model, w.task, w.length, w.method, w.ratio, w.shard)
-
-
-@rulefunc
-def _infer_inputs(w):
-    inputs = {
-        "data": STUDY.data_path(w.model, w.task, w.length),
-        "model": STUDY.model_dir(w.model),
-        "server": service(ancient(LOADS.address(_cell_server(w)))),
-    }
-    calibration = STUDY.calibration_path(w.model, w.length, w.method, w.ratio)
-    if calibration:  # calibrated Vertical-Slash / FlexPrefill budget (rules/calibrate.smk)
-        # `ancient`: the file holds the budgets of every ratio of the method, so a study that adds a ratio rewrites
-        # it (same budgets for the old ratios); what the cell's budget depends on is in its params instead
-        # (calibration_identity), so a changed calibration setting still reruns the cell
-        inputs["calibration"] = ancient(calibration)
-    return inputs
-
-
-@rulefunc
-def _infer_params(w):
-    return STUDY.cell_params(w.model, w.task, int(w.length), w.method, w.ratio, int(w.shard))
-
-
-@rulefunc
-def _infer_group(w):
-    return LOADS.loads[_cell_server(w)].group
-
-
 # The cell's side of the group job: no CPU, GPU or memory of its own (the server holds them; Snakemake sums the
 # resources of a service group), so a group requests exactly what its model server needs.
+# lint: runs the workflow's own Python environment, no conda/container (see rules/common.smk)
 rule infer:
     input:
         unpack(_infer_inputs),
     output:
         PRED,
-    params:
-        cell=_infer_params,
     log:
         sfc.LOG_INFER,
     group:
@@ -71,38 +40,11 @@ rule infer:
         gpu=0,
         mem_mb=0,
         runtime=1,
+    params:
+        cell=_infer_params,
     shell:
         "{PY} workflow_scripts.server_client --address {input.server:q} --cell {params.cell:q}"
         " --data {input.data:q} --out {output:q} --threads 1 > {log:q} 2>&1"
-
-
-@rulefunc
-def _server_gpus(w):
-    return LOADS.loads[w.server].gpus
-
-
-@rulefunc
-def _server_runtime(w, attempt):
-    return LOADS.runtime(w.server, attempt)
-
-
-@rulefunc
-def _server_mem_mb(w, attempt):
-    return LOADS.mem_mb(w.server, attempt)
-
-
-@rulefunc
-def _server_group(w):
-    return LOADS.loads[w.server].group
-
-
-@rulefunc
-def _server_threads(w):
-    # Local runs: all cores, so that one load group runs at a time. Snakemake's local executor runs a group's jobs
-    # on a shared thread pool sized for one group (cores + 5, or the group's size); two groups at once can starve a
-    # server of its thread while its cells wait for it (and fail after --latency-wait). Cluster runs: one group per
-    # job; GPU jobs get their CPUs from cpus_per_gpu (profiles/slurm). Cells run with 1 torch thread either way.
-    return workflow.cores if workflow.local_exec else 1
 
 
 # One model load: serves the cells of its load group (workflow_scripts/server.py). No params and no inputs, on
@@ -114,6 +56,7 @@ def _server_threads(w):
 # socket name) and pid into the rendezvous file before Python starts, since Snakemake makes each cell wait for that
 # file for at most --latency-wait seconds; `exec` makes the server the process Snakemake signals (SIGTERM when the
 # cells are done, SIGKILL when one failed).
+# lint: runs the workflow's own Python environment, no conda/container (see rules/common.smk)
 rule model_server:
     output:
         service(sfs.ADDRESS),
@@ -130,7 +73,7 @@ rule model_server:
         runtime=_server_runtime,
     shell:
         "addr=@sfw-model-server-$$-$RANDOM$RANDOM;"
-        " printf '{{\"address\": \"%s\", \"pid\": %d, \"host\": \"%s\"}}\\n' \"$addr\" $$ \"$HOSTNAME\""
+        ' printf \'{{"address": "%s", "pid": %d, "host": "%s"}}\\n\' "$addr" $$ "$HOSTNAME"'
         " > {output:q};"
-        " exec {PY} workflow_scripts.server --listen \"$addr\" --server {wildcards.server:q} --threads {threads}"
+        ' exec {PY} workflow_scripts.server --listen "$addr" --server {wildcards.server:q} --threads {threads}'
         " > {log:q} 2>&1"

@@ -9,21 +9,20 @@
 _SCORE_DATA = STUDY.shared_data_pattern()
 
 
-@rulefunc
-def _score_data(w):
-    return STUDY.data_path(w.model, w.task, w.length)
-
-
+# lint: runs the workflow's own Python environment, no conda/container (see rules/common.smk)
 rule score:
     input:
         preds=STUDY.group_pred_patterns(),
         data=_SCORE_DATA or _score_data,
     output:
         SCORE,
-    params:
-        spec=rulefunc(lambda w: STUDY.score_params(w.task)),
+    log:
+        sfc.LOG_SCORE,
     resources:
         mem_mb=4000,
         runtime=10,
+    params:
+        spec=rulefunc(lambda w: STUDY.score_params(w.task)),
     shell:
         "{PY} workflow_scripts.score --spec {params.spec:q} --data {input.data:q} --out {output:q} {input.preds:q}"
+        " > {log:q} 2>&1"

@@ -6,6 +6,7 @@
 # Copy a size to models/ to ship it. See docs/reference_models.md.
 
 
+# lint: runs the workflow's own Python environment, no conda/container (see rules/common.smk)
 rule train_reference_stage1:
     input:
         recipe="studies/train_reference.yaml",
@@ -24,6 +25,7 @@ rule train_reference_stage1:
         " > {log:q} 2>&1"
 
 
+# lint: runs the workflow's own Python environment, no conda/container (see rules/common.smk)
 rule train_reference:
     input:
         recipe="studies/train_reference.yaml",

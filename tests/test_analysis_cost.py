@@ -1,4 +1,4 @@
-"""Cost model: reproduce the paper's App. B numbers (spec paper_spec.md sections 4.1 and 6.3)."""
+"""Cost model: reproduce the paper's App. B numbers (spec docs/paper_spec.md sections 4.1 and 6.3)."""
 
 import json
 import math

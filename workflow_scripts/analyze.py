@@ -94,7 +94,7 @@ def isocost(summary_path: str, models_path: str, config: dict, out: str) -> None
     """
     import pandas as pd
 
-    from .analysis import DECODE_METHODS, PREFILL_METHODS
+    from .analysis import decode_methods, prefill_methods
     from .analysis.pareto import isocost_points, pareto_frontier
 
     s = settings(config)
@@ -103,7 +103,7 @@ def isocost(summary_path: str, models_path: str, config: dict, out: str) -> None
     kw = {"index_dim": s["index_dim"], "quest_index_dim": s["quest_index_dim"]}
     frames = []
     present = set(summary["method"])
-    for phase, methods in (("prefill", PREFILL_METHODS), ("decode", DECODE_METHODS)):
+    for phase, methods in (("prefill", prefill_methods()), ("decode", decode_methods())):
         methods = [m for m in methods if m in present]
         if not methods:
             continue

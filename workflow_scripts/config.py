@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sparse_kernels import budgets
-from sparse_kernels.registry import (CALIBRATABLE, COMBINE_SEP, components, is_combined, param_errors,
-                                     resolve_params, split_method)
+from sparse_kernels.registry import (COMBINE_SEP, calibratable, components, get, is_combined, load_module,
+                                     param_errors, resolve_params, split_method)
 from workflow_scripts.tasks import PROMPT_MODES, TASKS, load_task_class
 from workflow_scripts.tasks.base import CALIBRATION_OFFSET  # calibration sample ids start here
 
@@ -34,6 +34,7 @@ PRED = RESULTS + "/predictions/" + CELL_KEYS + "/shard={shard}/part.parquet"
 # keeps the DAG small (the paper grid: 144 score jobs instead of ~7,000)
 SCORE = RESULTS + "/scores/model={model}/task={task}/length={length}/part.parquet"
 LOG_INFER = RESULTS + "/logs/infer/" + CELL_KEYS + "/shard={shard}.log"
+LOG_SCORE = RESULTS + "/logs/score/model={model}/task={task}/length={length}.log"
 LOG_DATA = RESULTS + "/logs/data/tokenizer={tokenizer}/task={task}/length={length}/mode={mode}.log"
 # calibration (Vertical-Slash / FlexPrefill budgets): its own samples (ids offset by 10**6) and one JSON per
 # (model, length, prefill method, its hyperparameters) holding the budget of every prefill ratio the study runs the
@@ -79,6 +80,27 @@ def schema_errors(config: dict) -> list[str]:
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
     return [f"{key_path(e.absolute_path)}: {e.message}" for e in errors]
+
+
+def load_method_modules(config: dict, environ=os.environ) -> list[str]:
+    """Import the study's ``method_modules`` (files relative to the working directory, or module names), which
+    register more methods (docs/extending.md), and pass them on to the jobs' processes through
+    ``SFW_METHOD_MODULES`` (sparse_kernels/registry.py loads them on import). Returns the references as passed on."""
+    from sparse_kernels.registry import ENV_MODULES
+
+    refs = []
+    for i, ref in enumerate(config.get("method_modules") or []):
+        ref = str(Path(ref).resolve()) if ref.endswith(".py") else ref
+        try:
+            load_module(ref)
+        except Exception as err:   # any error of the user's module, reported with its key
+            raise ConfigError(f"method_modules[{i}]: cannot load {config['method_modules'][i]!r}: "
+                              f"{type(err).__name__}: {err}") from None
+        refs.append(ref)
+    known = [r for r in environ.get(ENV_MODULES, "").split(os.pathsep) if r]
+    if refs:
+        environ[ENV_MODULES] = os.pathsep.join(dict.fromkeys(known + refs))
+    return refs
 
 
 def fmt_ratio(r) -> str:
@@ -220,16 +242,18 @@ class Study:
                 raise ConfigError(f"{key}.params.{k}: {msg}")
         # calibration
         calibrate = entry.get("calibrate")
-        if calibrate is not None and pre not in CALIBRATABLE:
-            raise ConfigError(f"{key}.calibrate: only {', '.join(CALIBRATABLE)} (or combinations with them) are "
+        if calibrate is not None and pre not in calibratable():
+            raise ConfigError(f"{key}.calibrate: only {', '.join(calibratable())} (or combinations with them) are "
                               "calibrated; remove the key")
-        if pre in CALIBRATABLE and calibrate is False:
+        if pre in calibratable() and calibrate is False:
             pre_params = params.get(pre, {}) if combined else params
-            if pre == "flexprefill" and "min_budget" in pre_params:
-                raise ConfigError(f"{key}.params{'.' + pre if combined else ''}.min_budget: with calibrate: false "
-                                  "the paper's table sets (alpha, min_budget); remove min_budget")
-            table = budgets.paper_vs_counts if pre == "vertical_slash" else budgets.paper_flexprefill
-            for j, r in enumerate(ratios or []):
+            for k in get(pre).calibration_only:
+                if k in pre_params:
+                    raise ConfigError(f"{key}.params{'.' + pre if combined else ''}.{k}: with calibrate: false "
+                                      f"the paper's table sets the budget ({', '.join(get(pre).budget)}, {k}); "
+                                      f"remove {k}")
+            table = {"vertical_slash": budgets.paper_vs_counts, "flexprefill": budgets.paper_flexprefill}.get(pre)
+            for j, r in enumerate((ratios or []) if table else []):
                 rp = r[0] if combined else r
                 if budgets.is_dense_ratio(rp):
                     continue
@@ -319,7 +343,7 @@ class Study:
 
     def calibrated(self, method: str) -> bool:
         pre, _ = split_method(method)
-        return pre in CALIBRATABLE and self.method_entry(method).get("calibrate", True) is not False
+        return pre in calibratable() and self.method_entry(method).get("calibrate", True) is not False
 
     def calibration_ratio(self, method: str, ratio: str) -> str | None:
         """Prefill-ratio text of the calibration a cell depends on, or None (not calibrated / ratio 1)."""

@@ -71,3 +71,27 @@ def read_metadata(path: str | Path) -> dict:
 
     meta = pq.read_schema(path).metadata or {}
     return {k.decode()[4:]: json.loads(v) for k, v in meta.items() if k.startswith(b"sfw.")}
+
+
+def logged(log: str | Path, func, *args, **kwargs):
+    """Call ``func(*args, **kwargs)`` for a rule that runs inside the Snakemake process (``run:``) and keep a log of
+    it in ``log``: the call, its wall time and, if it fails, the traceback (then re-raised for Snakemake). Such
+    rules print nothing of their own, so this is what their log can tell; shell rules log their process output."""
+    import time
+    import traceback
+
+    log = Path(log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    name = f"{func.__module__}.{func.__qualname__}"
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        f.write(f"{name}(\n" + "".join(f"    {a!r},\n" for a in args)
+                + "".join(f"    {k}={v!r},\n" for k, v in kwargs.items()) + ")\n")
+        f.flush()
+        try:
+            out = func(*args, **kwargs)
+        except BaseException:
+            f.write(f"failed after {time.perf_counter() - t0:.2f} s:\n{traceback.format_exc()}")
+            raise
+        f.write(f"done in {time.perf_counter() - t0:.2f} s\n")
+    return out

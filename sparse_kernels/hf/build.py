@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..budgets import is_dense_ratio
-from ..registry import CALIBRATED_BUDGET_PARAMS, split_method
+from ..registry import get, split_method
 from .session import SparseSession
 
 
@@ -25,14 +25,14 @@ def build_one(name: str, ratio: float, params: dict | None = None, nominal_lengt
 
     kw = dict(params or {})
     if calibrated and not is_dense_ratio(ratio):
-        allowed = CALIBRATED_BUDGET_PARAMS.get(name, ())
+        allowed = get(name).calibrated_budget
         extra = set(calibrated) - set(allowed)
         if extra:
             raise ValueError(f"calibration of {name} sets unknown budget keys {sorted(extra)}")
         kw.update(calibrated)
         return build_method(name, **kw)
-    if name == "flexprefill":
-        kw.pop("min_budget", None)  # a calibration knob; the paper's table fixes it with alpha
+    for key in get(name).calibration_only:   # calibration knobs (FlexPrefill's min_budget: the table fixes it)
+        kw.pop(key, None)
     return build_method(name, ratio=float(ratio), nominal_length=nominal_length, **kw)
 
 

@@ -12,29 +12,33 @@ This package ``__init__`` deliberately imports nothing heavy (no numpy/scipy/pan
 Snakefile imports ``workflow_scripts`` modules while building the DAG.  Import the submodules
 explicitly, e.g. ``from workflow_scripts.analysis import cost``.
 
-Formulas and choices are documented in ``docs/analysis.md``.
+Formulas and choices are documented in ``docs/analysis.md``. Methods and their phases come from the method
+registry (``sparse_kernels/registry.py``).
 """
 
-#: Methods that sparsify the prefill phase (decode stays dense over the full KV cache).
-PREFILL_METHODS = ("vertical_slash", "flexprefill", "block_sparse")
-#: Methods that sparsify the decode phase (prefill stays dense).
-DECODE_METHODS = ("snapkv", "ada_snapkv", "quest")
+from sparse_kernels import registry
+
 #: The dense baseline.
 DENSE_METHOD = "dense"
 
 
+def prefill_methods() -> tuple[str, ...]:
+    """Registered methods that sparsify the prefill phase (decode stays dense over the full KV cache)."""
+    return registry.prefill_methods()
+
+
+def decode_methods() -> tuple[str, ...]:
+    """Registered methods that sparsify the decode phase: KV compression and decode-time selection (prefill
+    stays dense)."""
+    return registry.decode_methods()
+
+
 def method_phase(method: str) -> str:
-    """Return ``"prefill"``, ``"decode"`` or ``"dense"`` for a method name."""
-    if method in PREFILL_METHODS:
-        return "prefill"
-    if method in DECODE_METHODS:
-        return "decode"
-    if method == DENSE_METHOD:
-        return "dense"
-    raise ValueError(
-        f"unknown method {method!r}; expected one of "
-        f"{(DENSE_METHOD,) + PREFILL_METHODS + DECODE_METHODS}"
-    )
+    """Return ``"prefill"``, ``"decode"`` or ``"dense"`` for a (single, registered) method name."""
+    if method in registry.METHODS:
+        phase = registry.METHODS[method].phase
+        return {"none": "dense", "prefill": "prefill"}.get(phase, "decode")
+    raise ValueError(f"unknown method {method!r}; expected one of {tuple(registry.METHODS)}")
 
 
-__all__ = ["PREFILL_METHODS", "DECODE_METHODS", "DENSE_METHOD", "method_phase"]
+__all__ = ["DENSE_METHOD", "prefill_methods", "decode_methods", "method_phase"]

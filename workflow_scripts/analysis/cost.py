@@ -1,4 +1,4 @@
-"""Cost model of "The Sparse Frontier" (v3 App. B.1; spec paper_spec.md section 4.1).
+"""Cost model of "The Sparse Frontier" (v3 App. B.1; spec docs/paper_spec.md section 4.1).
 
 All quantities are analytic; nothing here needs a GPU.  Conventions (see docs/analysis.md):
 
@@ -16,8 +16,8 @@ All quantities are analytic; nothing here needs a GPU.  Conventions (see docs/an
 * ``decode_flops_per_token`` is our reconstruction of the v1 ("isoFLOPS") decode cost; the v1
   formula itself was not found.
 
-This module imports only the standard library at import time (pandas is imported lazily by
-:func:`cost_table`).
+This module imports only the standard library and the (import-light) method registry at import time
+(pandas is imported lazily by :func:`cost_table`).
 """
 
 from __future__ import annotations
@@ -26,9 +26,12 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
+from types import SimpleNamespace
 from typing import Any, Mapping
 
-from . import DECODE_METHODS, DENSE_METHOD, PREFILL_METHODS, method_phase
+from sparse_kernels import registry
+
+from . import DENSE_METHOD, method_phase
 
 __all__ = [
     "ModelDims",
@@ -45,6 +48,11 @@ __all__ = [
     "snapkv_scoring_flops",
     "vs_budget",
     "VS_BUDGETS",
+    "vertical_slash_index_cost",
+    "flexprefill_index_cost",
+    "quest_index_cost",
+    "block_sparse_index_cost",
+    "snapkv_index_cost",
     "method_cost",
     "cost_table",
 ]
@@ -421,6 +429,47 @@ def vs_budget(length: int, ratio: float) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# Index-cost terms of the registered methods (sparse_kernels/registry.py: Method.index_cost)
+# --------------------------------------------------------------------------------------------
+# Each is f(dims, length, ratio, o) -> {term: value}, ``o`` being method_cost's options (o.batch, o.index_dim, ...).
+
+
+def vertical_slash_index_cost(dims: ModelDims, length: int, ratio: float, o) -> dict[str, float]:
+    """Eq. 9 with q = ``vs_q`` and k_v = k_s = ``vs_k`` or :func:`vs_budget`."""
+    k = vs_budget(length, ratio) if o.vs_k is None else o.vs_k
+    return {"prefill_index_flops": vs_index_flops(dims, length, o.vs_q, k, k, o.batch, o.index_dim)}
+
+
+def flexprefill_index_cost(dims: ModelDims, length: int, ratio: float, o) -> dict[str, float]:
+    """Eq. 9 with q = ``flex_q`` (512) and k = max(``flex_min_budget``, vs_budget): an inference, the paper has
+    no FlexPrefill formula."""
+    k = max(o.flex_min_budget, vs_budget(length, ratio))
+    return {"prefill_index_flops": vs_index_flops(dims, length, o.flex_q, k, k, o.batch, o.index_dim)}
+
+
+def quest_index_cost(dims: ModelDims, length: int, ratio: float, o) -> dict[str, float]:
+    """Eq. 10 added to decode memory; :func:`quest_index_flops` added to decode FLOPs."""
+    qdim = o.index_dim if o.quest_index_dim is None else o.quest_index_dim
+    return {"decode_index_memory": quest_index_memory(dims, length, o.quest_page_size, o.batch, qdim,
+                                                      o.bytes_per_element),
+            "decode_index_flops": quest_index_flops(dims, length, o.quest_page_size, o.batch, qdim)}
+
+
+def block_sparse_index_cost(dims: ModelDims, length: int, ratio: float, o) -> dict[str, float]:
+    """No published formula: 0 unless ``include_unpublished_index`` (our reconstruction)."""
+    if not o.include_unpublished_index:
+        return {}
+    return {"prefill_index_flops": block_sparse_index_flops(dims, length, o.block_size, o.batch)}
+
+
+def snapkv_index_cost(dims: ModelDims, length: int, ratio: float, o) -> dict[str, float]:
+    """No published formula: 0 unless ``include_unpublished_index``; the one-off scoring counts as prefill FLOPs."""
+    if not o.include_unpublished_index:
+        return {}
+    return {"prefill_index_flops": snapkv_scoring_flops(dims, length, o.snapkv_window, batch=o.batch)}
+
+
+# --------------------------------------------------------------------------------------------
 # Per (model, method, length, ratio) cost
 # --------------------------------------------------------------------------------------------
 
@@ -449,9 +498,10 @@ def method_cost(
     """Cost of one configuration in both phases.
 
     The method's own phase runs at ``density`` (default ``1/ratio``); the other phase is dense.
-    Prefill methods (vertical_slash, flexprefill, block_sparse) scale the L^2 prefill terms;
-    decode methods (snapkv, ada_snapkv, quest) scale the KV reads (and the v1 decode-FLOP
-    attention term).  Index overheads (``include_index``):
+    Prefill methods (vertical_slash, flexprefill, block_sparse, ...) scale the L^2 prefill terms;
+    decode methods (snapkv, ada_snapkv, quest, ...) scale the KV reads (and the v1 decode-FLOP
+    attention term); the phase is the method's registered one (sparse_kernels/registry.py).
+    Index overheads (``include_index``) are the method's registered ``index_cost`` term:
 
     * vertical_slash: Eq. 9 with q = ``vs_q`` and k_v = k_s = ``vs_k`` or :func:`vs_budget`.
     * flexprefill: Eq. 9 with q = ``flex_q`` (512) and k = max(``flex_min_budget``, vs_budget)
@@ -478,30 +528,28 @@ def method_cost(
     if method == DENSE_METHOD and ratio != 1:
         raise ValueError(f"dense must have ratio 1, got {ratio}")
     rho = 1.0 / ratio if density is None else _check_density(density)
-    rho_pre = rho if method in PREFILL_METHODS else 1.0
-    rho_dec = rho if method in DECODE_METHODS else 1.0
+    rho_pre = rho if phase == "prefill" else 1.0
+    rho_dec = rho if phase == "decode" else 1.0
 
     pre = prefill_flops(dims, length, rho_pre, batch)
     dec = decode_memory(dims, length, rho_dec, batch, bytes_per_element)
     dec_flops = decode_flops_per_token(dims, length, rho_dec, batch)
 
-    pre_idx = dec_idx_mem = dec_idx_flops = 0.0
-    if include_index:
-        if method == "vertical_slash":
-            k = vs_budget(length, ratio) if vs_k is None else vs_k
-            pre_idx = vs_index_flops(dims, length, vs_q, k, k, batch, index_dim)
-        elif method == "flexprefill":
-            k = max(flex_min_budget, vs_budget(length, ratio))
-            pre_idx = vs_index_flops(dims, length, flex_q, k, k, batch, index_dim)
-        elif method == "quest":
-            qdim = index_dim if quest_index_dim is None else quest_index_dim
-            dec_idx_mem = quest_index_memory(dims, length, quest_page_size, batch, qdim,
-                                             bytes_per_element)
-            dec_idx_flops = quest_index_flops(dims, length, quest_page_size, batch, qdim)
-        elif include_unpublished_index and method == "block_sparse":
-            pre_idx = block_sparse_index_flops(dims, length, block_size, batch)
-        elif include_unpublished_index and method in ("snapkv", "ada_snapkv"):
-            pre_idx = snapkv_scoring_flops(dims, length, snapkv_window, batch=batch)
+    terms = {}
+    term_fn = registry.get(method).index_cost_fn()
+    if include_index and term_fn is not None:
+        options = SimpleNamespace(
+            batch=batch, index_dim=index_dim, quest_index_dim=quest_index_dim,
+            include_unpublished_index=include_unpublished_index, bytes_per_element=bytes_per_element, vs_q=vs_q,
+            vs_k=vs_k, flex_q=flex_q, flex_min_budget=flex_min_budget, quest_page_size=quest_page_size,
+            block_size=block_size, snapkv_window=snapkv_window)
+        terms = term_fn(dims, length, ratio, options)
+        unknown = set(terms) - {"prefill_index_flops", "decode_index_memory", "decode_index_flops"}
+        if unknown:
+            raise ValueError(f"index cost of {method} returned unknown terms {sorted(unknown)}")
+    pre_idx = float(terms.get("prefill_index_flops", 0.0))
+    dec_idx_mem = float(terms.get("decode_index_memory", 0.0))
+    dec_idx_flops = float(terms.get("decode_index_flops", 0.0))
 
     prefill_total = pre.total + pre_idx
     decode_total = dec.total + dec_idx_mem

@@ -1,4 +1,4 @@
-"""Sparse-attention scaling law (v1 section 4, Tables 3, 4, 7; spec paper_spec.md section 4.4).
+"""Sparse-attention scaling law (v1 section 4, Tables 3, 4, 7; spec docs/paper_spec.md section 4.4).
 
 Per phase (prefill or decode), over cells (model, task, length, compression ratio):
 
@@ -209,12 +209,12 @@ def scaling_cells(summary, n_params: Mapping[str, float], phase: str,
     ``{m: dims.params for m, dims in models.items()}``).  Output columns: model, task,
     length, method, ratio, n, mean, n_params.
     """
-    from . import DECODE_METHODS, DENSE_METHOD, PREFILL_METHODS
+    from . import DENSE_METHOD, decode_methods, prefill_methods
 
     if phase not in ("prefill", "decode"):
         raise ValueError(f"phase must be 'prefill' or 'decode', got {phase!r}")
     if methods is None:
-        methods = PREFILL_METHODS if phase == "prefill" else DECODE_METHODS
+        methods = prefill_methods() if phase == "prefill" else decode_methods()
     keep = [DENSE_METHOD, *methods]
     sub = summary[summary["method"].isin(keep)].copy()
     missing = sorted(set(sub["model"]) - set(n_params))
