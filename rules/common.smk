@@ -1,6 +1,7 @@
 # Config validation, the study grid and wildcard constraints. Runs when the Snakefile loads, before any job.
 import os
 import re
+import shlex
 import sys
 
 from snakemake.exceptions import WorkflowError
@@ -28,7 +29,8 @@ try:
 except sfc.ConfigError as err:
     raise WorkflowError(f"Invalid configuration: {err}") from None
 
-PY = f"{sys.executable} -m"
+# The interpreter, quoted for the shell: a venv under a path with a space (or any shell syntax) must work as is.
+PY = f"{shlex.quote(sys.executable)} -m"
 
 
 def rulefunc(func):
