@@ -20,7 +20,11 @@ from workflow_scripts import snakemake_speedups  # noqa: E402
 # in about half the time (see the module; SFW_SNAKEMAKE_SPEEDUPS=0 turns them off).
 snakemake_speedups.apply()
 
-_errors = sfc.schema_errors(config)
+# Before the schema: duplicate keys and alias bombs in the study files; --config values read as YAML; the size.
+_errors = [e for f in workflow.configfiles for e in sfc.yaml_file_errors(f)]
+if not _errors:
+    sfc.coerce_overrides(config, dict(workflow.config_settings.config))
+_errors = _errors or [e for e in [sfc.config_size_error(config)] if e] or sfc.schema_errors(config)
 if _errors:
     raise WorkflowError("Invalid configuration:\n  " + "\n  ".join(_errors))
 validate(config, sfc.SCHEMA_PATH)  # fills schema defaults
