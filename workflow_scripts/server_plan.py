@@ -33,6 +33,7 @@ import math
 import os
 import re
 import socket
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -305,6 +306,9 @@ class LoadPlan:
                     continue
                 if info and (info.get("host") != host or pid_alive(info.get("pid"))):
                     continue
+                with contextlib.suppress(OSError):      # (an empty file this young: a server's shell writing it)
+                    if not info and time.time() - os.stat(path).st_mtime < 60:
+                        continue
                 for p in (path, info.get("address")):
                     if p and not p.startswith("@") and os.path.lexists(p):
                         with contextlib.suppress(OSError):
