@@ -230,7 +230,10 @@ try:
     s.connect("\\0" + addr[1:] if addr.startswith("@") else addr)
 except OSError as e:
     print(json.dumps({"connect_error": e.errno})); sys.exit(0)
-s.sendall((sys.argv[2] + "\\n").encode())
+try:
+    s.sendall((sys.argv[2] + "\\n").encode())
+except OSError:
+    pass            # a server that refused the connection closed it: its reply is still there to read
 print(s.makefile().readline().strip() or "{}")
 """
 

@@ -333,7 +333,7 @@ class Server:
                     client.sendall((json.dumps({"type": "done", "status": "error", "exit": 1, "traceback":
                                                 f"refused: this model server serves user id {os.getuid()} only, "
                                                 f"not {uid}\n"}) + "\n").encode())
-                    client.close()
+                client.close()
                 continue
             with self._lock:
                 self.connected += 1
