@@ -59,6 +59,7 @@ rule all:
     input:
         AGG_DB,
         AGG_SUMMARY,
+        CELL_RESULTS,
         CHARTS,
         ANALYSIS_CHARTS,
         ANALYSIS_TABLES,

@@ -1,5 +1,11 @@
 # DuckDB aggregation of every per-cell score file of the current study into one database + parquet tables.
 
+# Every cell's prediction and score file is a target of `all` (Snakefile): Snakemake rebuilds a missing file only
+# when something that needs to run asks for it, so without this a prediction or score removed by hand, by a failed
+# --forcerun or by a killed group job is never rebuilt while the aggregate downstream exists ("Nothing to be done",
+# stale summary). As targets, a missing one is rebuilt, and its score, the aggregate and the charts after it.
+CELL_RESULTS = [p for c in STUDY.cells() for p in STUDY.pred_paths(c)] + STUDY.score_paths()
+
 
 rule aggregate:
     input:

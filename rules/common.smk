@@ -12,6 +12,7 @@
 # - "Shell command directly uses variable PY": the interpreter string (owned by issue 23).
 import os
 import re
+import shlex
 import sys
 
 from snakemake.exceptions import WorkflowError
@@ -50,7 +51,11 @@ if not snakemake_fixes.apply():
         " adds a ratio to a calibrated method may need a second `snakemake` run to plan the new cells"
     )
 
-_errors = sfc.schema_errors(config)
+# Before the schema: duplicate keys and alias bombs in the study files; --config values read as YAML; the size.
+_errors = [e for f in workflow.configfiles for e in sfc.yaml_file_errors(f)]
+if not _errors:
+    sfc.coerce_overrides(config, dict(workflow.config_settings.config))
+_errors = _errors or [e for e in [sfc.config_size_error(config)] if e] or sfc.schema_errors(config)
 if _errors:
     raise WorkflowError("Invalid configuration:\n  " + "\n  ".join(_errors))
 validate(config, sfc.SCHEMA_PATH)  # fills schema defaults
@@ -60,7 +65,8 @@ try:
 except sfc.ConfigError as err:
     raise WorkflowError(f"Invalid configuration: {err}") from None
 
-PY = f"{sys.executable} -m"
+# The interpreter, quoted for the shell: a venv under a path with a space (or any shell syntax) must work as is.
+PY = f"{shlex.quote(sys.executable)} -m"
 
 
 def rulefunc(func):

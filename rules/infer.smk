@@ -6,21 +6,31 @@
 # load's cells that need to run, in one group job (one SLURM job through profiles/slurm), and is stopped when they
 # are done.
 #
-# How a changed cell reruns only itself: a cell takes its server's rendezvous file as an `ancient` input that
-# exists when the DAG is built (LOADS.ensure_placeholders below; Snakemake deletes service outputs after each
-# group), so a server that has to run does not make its other cells rerun; the input is flagged `service` on the
-# cell's side too, so Snakemake records it as "<service>" whatever the server, and regrouping cells is not a
-# rerun trigger either. Snakemake runs a service whenever one of its consumers has to run.
+# How a changed cell reruns only itself: a cell takes its server's rendezvous file as a `service(ancient(...))`
+# input, and such an input counts as present while Snakemake plans (workflow_scripts/service_inputs.py), so a
+# server that has to run does not make its other cells rerun, and nothing is written by a dry run; the input is
+# flagged `service` on the cell's side too, so Snakemake records it as "<service>" whatever the server, and
+# regrouping cells is not a rerun trigger either. Snakemake runs a service whenever one of its consumers has to run.
+# A rendezvous file left by a server that outlived its Snakemake (kill -9) is removed by that server's watchdog (or,
+# if it was killed too, when the Snakefile loads: LOADS.remove_stale): Snakemake would take it as the server's
+# incomplete output, force the server and skip every job downstream of it.
 
 from snakemake.logging import logger
 
 from workflow_scripts import server_plan as sfs
+from workflow_scripts import service_inputs
 
 LOADS = sfs.LoadPlan(STUDY)
-try:
-    LOADS.ensure_placeholders()
-except OSError as err:
-    logger.warning(f"model_server: cannot create rendezvous placeholders ({err}); cells may rerun with their server")
+for _stale in LOADS.remove_stale():
+    logger.info(f"model_server: removed {_stale}, left by a server whose Snakemake was killed")
+if not service_inputs.apply():
+    logger.warning("model_server: unknown Snakemake version; creating rendezvous placeholders (a dry run writes them)")
+    try:
+        LOADS.ensure_placeholders()
+    except OSError as err:
+        logger.warning(
+            f"model_server: cannot create rendezvous placeholders ({err}); cells may rerun with their server"
+        )
 
 
 # The cell's side of the group job: no CPU, GPU or memory of its own (the server holds them; Snakemake sums the
@@ -52,8 +62,8 @@ rule infer:
 # masks its cells from the check of their own changes (Snakemake then only follows the server's outputs, which the
 # cells take as `ancient`). The server learns the model from its first cell; the group waits for the cells' inputs
 # (model, data, calibration). Do not force this rule (--forcerun model_server): a server without cells to serve
-# idles until its timeout (SFW_SERVER_IDLE_TIMEOUT, 300 s). The shell writes the server's address (an abstract Unix
-# socket name) and pid into the rendezvous file before Python starts, since Snakemake makes each cell wait for that
+# idles until its timeout (SFW_SERVER_IDLE_TIMEOUT, 300 s). The shell writes the server's address (a socket file in
+# the owner-only sfs.SOCKET_DIR) and pid into the rendezvous file before Python starts, since Snakemake makes each cell wait for that
 # file for at most --latency-wait seconds; `exec` makes the server the process Snakemake signals (SIGTERM when the
 # cells are done, SIGKILL when one failed).
 # lint: runs the workflow's own Python environment, no conda/container (see rules/common.smk)
@@ -72,8 +82,8 @@ rule model_server:
         mem_mb=_server_mem_mb,
         runtime=_server_runtime,
     shell:
-        "addr=@sfw-model-server-$$-$RANDOM$RANDOM;"
+        "addr={sfs.SOCKET_DIR}/$$-$RANDOM$RANDOM.sock;"
         ' printf \'{{"address": "%s", "pid": %d, "host": "%s"}}\\n\' "$addr" $$ "$HOSTNAME"'
         " > {output:q};"
-        ' exec {PY} workflow_scripts.server --listen "$addr" --server {wildcards.server:q} --threads {threads}'
-        " > {log:q} 2>&1"
+        ' exec {PY} workflow_scripts.server --listen "$addr" --address-file {output:q} --parent $PPID'
+        " --server {wildcards.server:q} --threads {threads} > {log:q} 2>&1"

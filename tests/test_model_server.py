@@ -164,17 +164,27 @@ def test_one_model_load_serves_many_cells(workflow, tiny_model, tmp_path):
 
 QWEN72B = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 8192,
            "intermediate_size": 29568, "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8,
-           "vocab_size": 152064, "tie_word_embeddings": False, "max_position_embeddings": 32768}
+           "vocab_size": 152064, "tie_word_embeddings": False, "max_position_embeddings": 32768,
+           # YaRN to 128K, as Qwen2.5's model cards set it for long contexts
+           "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}}
 QWEN7B = {**QWEN72B, "hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
           "num_attention_heads": 28, "num_key_value_heads": 4}
 
 
 def fake_checkpoint(path: Path, cfg: dict, tokenizer_from: Path) -> Path:
-    """config.json of a real architecture (no weights: the estimate reads only the config) + a real tokenizer."""
+    """config.json of a real architecture + a real tokenizer, padded with one added token to the config's
+    vocabulary size (the study checks that they match), + a safetensors file without tensors (the study checks
+    that weights are there; the estimate reads only the config)."""
     path.mkdir(parents=True)
     (path / "config.json").write_text(json.dumps(cfg))
     for f in tokenizer_from.glob("tokenizer*"):
         (path / f.name).write_bytes(f.read_bytes())
+    tok = json.loads((path / "tokenizer.json").read_text())
+    tok["added_tokens"].append({"id": cfg["vocab_size"] - 1, "content": "<|fake_pad|>", "single_word": False,
+                                "lstrip": False, "rstrip": False, "normalized": False, "special": True})
+    (path / "tokenizer.json").write_text(json.dumps(tok))
+    header = json.dumps({"__metadata__": {"format": "pt"}}).encode()
+    (path / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
     return path
 
 
@@ -202,10 +212,13 @@ def test_gpu_resources_reach_the_server_jobs(workflow, tiny_model, tmp_path):
     `gpus` wins), its cells none, and the cells of one model x length share one load."""
     ckpt = fake_checkpoint(tmp_path / "ckpt72", QWEN72B, tiny_model)
     cfg = study(str(tiny_model))
+    tiny_long = json.loads((tiny_model / "config.json").read_text())
+    tiny_long["rope_scaling"] = QWEN72B["rope_scaling"]
     cfg["models"] = {"big": {"path": str(ckpt), "dtype": "bfloat16", "device": "cuda"},
                      "big4": {"path": str(ckpt), "dtype": "bfloat16", "device": "cuda", "gpus": 5},
-                     "tiny": {"path": str(tiny_model), "dtype": "float32", "device": "cpu"}}
-    cfg["lengths"] = [16384, 131072]
+                     "tiny": {"path": str(fake_checkpoint(tmp_path / "tiny128k", tiny_long, tiny_model)),
+                              "dtype": "float32", "device": "cpu"}}
+    cfg["lengths"] = [16384, 128000]
     cfg["model_server"] = {"group": ["model", "length"]}
     workflow.write_config(cfg)
     proc = workflow.run("-n", "--profile", str(ROOT / "profiles" / "slurm"), "--executor", "slurm", "--jobs", "10",
@@ -217,8 +230,8 @@ def test_gpu_resources_reach_the_server_jobs(workflow, tiny_model, tmp_path):
         res = block.split("resources: ", 1)[1].splitlines()[0]
         resources[server] = dict(kv.split("=", 1) for kv in res.split(", "))
     gpus = {s: int(r["gpu"]) for s, r in resources.items()}
-    assert gpus == {"model=big/length=16384": 3, "model=big/length=131072": 4, "model=big4/length=16384": 5,
-                    "model=big4/length=131072": 5, "model=tiny/length=16384": 0, "model=tiny/length=131072": 0}
+    assert gpus == {"model=big/length=16384": 3, "model=big/length=128000": 4, "model=big4/length=16384": 5,
+                    "model=big4/length=128000": 5, "model=tiny/length=16384": 0, "model=tiny/length=128000": 0}
     assert {r["slurm_partition"] for r in resources.values()} == {"gpu"}
     assert all(int(r["cpus_per_gpu"]) == 8 for r in resources.values())
     for block in out.split("rule infer:")[1:]:

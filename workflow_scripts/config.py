@@ -56,6 +56,14 @@ TOP_DEFAULTS = {"seed": 43, "samples": 100, "shard_size": 25, "prompt_mode": "co
                 "datasets_dir": "datasets", "executor": "auto", "calibration": {},
                 "model_server": {}}   # model loads per job: workflow_scripts/server_plan.py
 CALIBRATION_DEFAULTS = {"samples": 2, "tolerance": 0.05}
+# Limits on what a study may ask for, checked before Snakemake builds its DAG (far above the paper's grid: ~32,000
+# inference jobs): more inference jobs than this (cells x shards) exhausts memory while planning; a study that
+# expands to more values than MAX_CONFIG_VALUES (YAML aliases of aliases) hangs any validation.
+MAX_INFER_JOBS = 200_000
+MAX_CONFIG_VALUES = 1_000_000
+# A tokenizer smaller than the model's vocabulary by more than this fraction is not the model's (checkpoints pad
+# the embedding table by well under 10 %: Qwen2.5 0.26 %, Phi-2 1.8 %, DeepSeek-V2 2.3 %).
+VOCAB_PADDING = 0.10
 
 
 class ConfigError(ValueError):
@@ -68,6 +76,90 @@ def key_path(parts) -> str:
     for p in parts:
         out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
     return out or "(top level)"
+
+
+# ---------------------------------------------------------------------------------------------- before the schema
+def config_size_error(config, limit: int = MAX_CONFIG_VALUES) -> str | None:
+    """An error naming the key where the config grows past ``limit`` values (each alias counted where it is used,
+    as validation sees it), or None. Iterative and stops at the limit, so an alias bomb cannot hang it."""
+    count, stack = 0, [((), config)]
+    while stack:
+        path, node = stack.pop()
+        count += 1
+        if count > limit:
+            return (f"{key_path(path)}: the study expands to more than {limit:,} values (YAML aliases referring to "
+                    "aliases?); write the values out")
+        if isinstance(node, dict):
+            stack.extend((path + (k,), v) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((path + (i,), v) for i, v in enumerate(node))
+    return None
+
+
+def yaml_file_errors(path: str | os.PathLike, limit: int = MAX_CONFIG_VALUES) -> list[str]:
+    """Duplicate keys (YAML keeps the last silently) and alias bombs in a study file, each naming the file, the
+    line and the key; read without building the data (the node graph, each node once)."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            root = yaml.compose(f, Loader=yaml.SafeLoader)
+    except (OSError, yaml.YAMLError) as e:
+        return [f"{path}: {e}"]
+    errors: list[str] = []
+    size: dict[int, int] = {}
+    seen: set[int] = set()
+
+    def visit(node, where: str) -> int:
+        if id(node) in size:
+            return size[id(node)]
+        if id(node) in seen:       # a recursive alias
+            errors.append(f"{path}:{node.start_mark.line + 1}: {where or '(top level)'}: a recursive YAML alias")
+            return limit + 1
+        seen.add(id(node))
+        n = 1
+        if isinstance(node, yaml.MappingNode):
+            keys: dict = {}
+            for k, v in node.value:
+                key = k.value if isinstance(k, yaml.ScalarNode) else None
+                sub = f"{where}.{key}" if where else str(key)
+                if key is not None and key in keys and key != "<<":
+                    errors.append(f"{path}:{k.start_mark.line + 1}: {sub}: duplicate key (also on line "
+                                  f"{keys[key]}); YAML would keep only the last")
+                keys.setdefault(key, k.start_mark.line + 1)
+                n += visit(v, sub)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                n += visit(v, f"{where}[{i}]")
+        size[id(node)] = n = min(n, limit + 1)
+        return n
+
+    if root is not None and visit(root, "") > limit and not errors:
+        errors.append(f"{path}: the study expands to more than {limit:,} values (YAML aliases referring to "
+                      "aliases?); write the values out")
+    return errors
+
+
+def coerce_overrides(config: dict, overrides: dict) -> None:
+    """Values given with ``snakemake --config key=value`` arrive as strings, inside lists and mappings too
+    (``lengths=[2048]`` -> ``['2048']``); read them as YAML, as a study file would be."""
+    import yaml
+
+    def parse(value):
+        if isinstance(value, str):
+            try:
+                return yaml.safe_load(value)
+            except yaml.YAMLError:
+                return value
+        if isinstance(value, list):
+            return [parse(v) for v in value]
+        if isinstance(value, dict):
+            return {k: parse(v) for k, v in value.items()}
+        return value
+
+    for key, value in overrides.items():
+        if key in config and config[key] is not None and not isinstance(config[key], dict):
+            config[key] = parse(config[key])
 
 
 def schema_errors(config: dict) -> list[str]:
@@ -113,7 +205,16 @@ def fmt_ratio(r) -> str:
 
 
 def _is_ratio(r) -> bool:
-    return isinstance(r, (int, float)) and not isinstance(r, bool) and r >= 1
+    return isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and r >= 1
+
+
+def ratio_text_error(r) -> str | None:
+    """Why a (finite, >= 1) ratio cannot name a cell's path exactly, or None (paths hold fmt_ratio's text, which
+    must read back as the same number and match the ratio wildcard)."""
+    text = fmt_ratio(r)
+    if not re.fullmatch(r"\d+(\.\d+)?", text) or float(text) != float(r):
+        return f"{r!r} cannot be written exactly in a path (as {text!r}); use at most 6 significant digits"
+    return None
 
 
 def _slug(text: str) -> str:
@@ -165,6 +266,101 @@ def tokenizer_fingerprint(folder: Path) -> str | None:
     return h.hexdigest()
 
 
+def _model_config(folder: Path) -> dict:
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    cfg = cfg.get("text_config", cfg) if isinstance(cfg, dict) else {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def context_length(model_cfg: dict) -> int | None:
+    """Positions the model supports: max_position_embeddings, times rope_scaling.factor when the config extends
+    it (YaRN, linear, dynamic: e.g. Qwen2.5 to 128K), or None when the config does not say."""
+    n = model_cfg.get("max_position_embeddings")
+    if not isinstance(n, int):
+        return None
+    scaling = model_cfg.get("rope_scaling")
+    if isinstance(scaling, dict) and isinstance(scaling.get("factor"), (int, float)) and scaling["factor"] > 1:
+        base = scaling.get("original_max_position_embeddings") or n
+        return max(n, int(base * scaling["factor"]))
+    return n
+
+
+def tokenizer_size(folder: Path) -> int | None:
+    """Token ids a tokenizer folder can produce (largest id + 1), from tokenizer.json or vocab.json; None if
+    neither says."""
+    for name in ("tokenizer.json", "vocab.json"):
+        f = folder / name
+        if not f.is_file():
+            continue
+        try:
+            data = json.loads(f.read_text())
+        except (OSError, ValueError):
+            return None
+        ids: list[int] = []
+        if name == "vocab.json" and isinstance(data, dict):
+            ids = [v for v in data.values() if isinstance(v, int)]
+        elif isinstance(data, dict):
+            vocab = (data.get("model") or {}).get("vocab")
+            if isinstance(vocab, dict):
+                ids = [v for v in vocab.values() if isinstance(v, int)]
+            elif isinstance(vocab, list):
+                ids = [len(vocab) - 1]
+            ids += [t["id"] for t in data.get("added_tokens") or [] if isinstance(t.get("id"), int)]
+        return max(ids) + 1 if ids else None
+    return None
+
+
+def safetensors_error(f: Path) -> str | None:
+    """Why a .safetensors file is unreadable (header, or shorter than its header says), or None. Reads the header
+    only: corrupt tensor bytes are found when the model loads."""
+    try:
+        size = f.stat().st_size
+        with open(f, "rb") as fh:
+            head = fh.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n < 2 or n > min(size - 8, 100 * 2**20):
+                return f"{f} is not a safetensors file (or is truncated): header length {n}, file {size} bytes"
+            header = json.loads(fh.read(n))
+    except (OSError, ValueError) as e:
+        return f"{f}: unreadable safetensors header ({e})"
+    if not isinstance(header, dict):
+        return f"{f}: unreadable safetensors header"
+    end = max((int(v["data_offsets"][1]) for k, v in header.items()
+               if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v), default=0)
+    if size < 8 + n + end:
+        return f"{f} is truncated: {size} bytes, its header describes {8 + n + end}"
+    return None
+
+
+def weights_error(folder: Path) -> str | None:
+    """Why a checkpoint folder has no loadable weights (none, a missing shard, a truncated safetensors file), or
+    None. PyTorch .bin files are only checked to exist."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, AttributeError) as e:
+            return f"{index}: unreadable weight index ({e})"
+        files = [folder / s for s in shards]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            return f"{index} lists weight files that are missing: {', '.join(missing[:5])}"
+    else:
+        files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        if any(folder.glob("pytorch_model*.bin")) or (folder / "model.bin").is_file():
+            return None
+        return (f"{str(folder)!r} has no weights (model.safetensors, sharded *.safetensors with their index, or "
+                "pytorch_model*.bin)")
+    for f in files:
+        if (why := safetensors_error(f)) is not None:
+            return why
+    return None
+
+
 class Study:
     def __init__(self, config: dict, workdir: str | os.PathLike = ".", check_paths: bool = True):
         """``check_paths=False``: plan a study whose checkpoints are not there yet (the GPU-hour estimate)."""
@@ -178,6 +374,7 @@ class Study:
         self.ratios = self._ratios()
         self.task_versions = {t: load_task_class(t).version for t in self.cfg["tasks"]}
         self.n_shards = math.ceil(self.cfg["samples"] / self.cfg["shard_size"])
+        self._check_size()
         self._calib_keys: dict[str, tuple[str, str]] = {}
         self._calib_params: dict[tuple[str, str], dict] = {}
 
@@ -213,7 +410,10 @@ class Study:
                     raise ConfigError(f"{key}.ratios[{j}]: a combined method takes [prefill_ratio, decode_ratio] "
                                       f"pairs of numbers >= 1, got {r!r}")
             elif not _is_ratio(r):
-                raise ConfigError(f"{key}.ratios[{j}]: compression ratio must be a number >= 1, got {r!r}")
+                raise ConfigError(f"{key}.ratios[{j}]: compression ratio must be a finite number >= 1, got {r!r}")
+            for x in (r if combined else [r]):
+                if (why := ratio_text_error(x)) is not None:
+                    raise ConfigError(f"{key}.ratios[{j}]: {why}")
         if m == "dense":
             if ratios not in (None, [1], [1.0]):
                 raise ConfigError(f"methods.dense.ratios: dense runs at ratio 1 only, got {ratios}")
@@ -280,6 +480,14 @@ class Study:
                         raise ConfigError(f"{key}.ratios[{j}]: {comp} capacity {cap} at length {L} must exceed "
                                           f"local_window + n_sinks = {floor_}; use a smaller ratio")
 
+    def _check_size(self) -> None:
+        n_cells = (len(self.models) * len(self.cfg["tasks"]) * len(self.cfg["lengths"])
+                   * sum(len(r) for r in self.ratios.values()))
+        if n_cells * self.n_shards > MAX_INFER_JOBS:
+            raise ConfigError(f"samples: {self.cfg['samples']} samples in shards of shard_size {self.cfg['shard_size']} "
+                              f"make {n_cells:,} cells x {self.n_shards:,} shards = {n_cells * self.n_shards:,} "
+                              f"inference jobs, more than {MAX_INFER_JOBS:,}; raise shard_size or lower samples")
+
     def _check_models(self) -> None:
         for name, m in self.models.items():
             key = f"models.{name}"
@@ -289,12 +497,37 @@ class Study:
                     raise ConfigError(f"{key}.path: model directory {m['path']!r} does not exist")
                 if not (path / "config.json").is_file():
                     raise ConfigError(f"{key}.path: {m['path']!r} has no config.json (not a HF checkpoint)")
+                if (why := weights_error(path)) is not None:
+                    raise ConfigError(f"{key}.path: {why}")
             tok = m.get("tokenizer")
             if tok is not None:
                 if not has_tokenizer_files(self.workdir / tok):
                     raise ConfigError(f"{key}.tokenizer: no tokenizer files in {tok!r}")
             elif not m.get("build") and not has_tokenizer_files(path):
                 raise ConfigError(f"{key}.tokenizer: {m['path']!r} has no tokenizer files; set models.{name}.tokenizer")
+            if m.get("build"):
+                continue
+            model_cfg = _model_config(path)
+            vocab = model_cfg.get("vocab_size")
+            tok_dir = self.workdir / (tok if tok is not None else m["path"])
+            n_tok = tokenizer_size(tok_dir)
+            if isinstance(vocab, int) and n_tok is not None:
+                tkey = f"{key}.tokenizer" if tok is not None else f"{key}.path"
+                if n_tok > vocab:
+                    raise ConfigError(f"{tkey}: the tokenizer in {str(tok_dir)!r} has {n_tok} tokens, more than the "
+                                      f"model's vocab_size {vocab} ({path / 'config.json'}): not this model's tokenizer")
+                if n_tok < (1 - VOCAB_PADDING) * vocab:
+                    raise ConfigError(f"{tkey}: the tokenizer in {str(tok_dir)!r} has {n_tok} tokens, far fewer than "
+                                      f"the model's vocab_size {vocab} ({path / 'config.json'}): not this model's "
+                                      "tokenizer")
+            context = context_length(model_cfg)
+            if context is not None:
+                for i, L in enumerate(self.cfg["lengths"]):
+                    if L + self.cfg["max_new_tokens"] > context:
+                        raise ConfigError(f"lengths[{i}]: {L} + max_new_tokens {self.cfg['max_new_tokens']} exceeds "
+                                          f"the {context}-token context of {key} (max_position_embeddings"
+                                          f"{' x rope_scaling.factor' if model_cfg.get('rope_scaling') else ''} in "
+                                          f"{path / 'config.json'})")
 
     def _tokenizer_keys(self) -> tuple[dict[str, str], dict[str, str]]:
         """(tokenizer path -> readable stable key, tokenizer path -> the path that generates its data). Paths whose tokenizers have identical content (see

@@ -187,7 +187,7 @@ def run(cell: dict, data_path: str, out_path: str, threads: int = 1, loaded: Loa
     from tqdm import tqdm
 
     from sparse_kernels.hf.build import build_methods
-    from sparse_kernels.hf.generate import greedy_generate
+    from sparse_kernels.hf.generate import NONFINITE, greedy_generate
     from sparse_kernels.hf.session import SparseSession
 
     from .io import write_parquet
@@ -252,9 +252,12 @@ def run(cell: dict, data_path: str, out_path: str, threads: int = 1, loaded: Loa
                     sparsity = density = None
                 else:
                     sparsity, density = st[f"{single_phase}_sparsity"], st[f"{single_phase}_density"]
+                failed = why == NONFINITE
                 out_rows.append({
                     "sample_id": r["sample_id"],
-                    "prediction": tokenizer.decode(toks, skip_special_tokens=True),
+                    # a sample whose logits went NaN / inf has no prediction, and is never scored (score.py)
+                    "status": "failed: non-finite logits" if failed else "ok",
+                    "prediction": None if failed else tokenizer.decode(toks, skip_special_tokens=True),
                     "input_tokens": len(p),
                     "output_tokens": len(toks),
                     "stop_reason": why,
@@ -274,8 +277,15 @@ def run(cell: dict, data_path: str, out_path: str, threads: int = 1, loaded: Loa
                     "peak_mem_mb": peak_memory_mb(device, cuda_devices),
                 })
             bar.update(len(batch))
+    n_failed = sum(r["status"] != "ok" for r in out_rows)
+    if n_failed:
+        print(f"WARNING: {n_failed} of {len(out_rows)} samples produced non-finite (NaN/inf) logits: marked failed",
+              flush=True)
+    if out_rows and n_failed == len(out_rows):
+        raise RuntimeError(f"every sample of this cell ({len(out_rows)}) produced non-finite (NaN/inf) logits: the "
+                           f"model {cell['model_path']} ({cell['dtype']}) or the method's numerics are broken")
     schema = pa.schema([
-        ("sample_id", pa.int64()), ("prediction", pa.string()), ("input_tokens", pa.int64()),
+        ("sample_id", pa.int64()), ("status", pa.string()), ("prediction", pa.string()), ("input_tokens", pa.int64()),
         ("output_tokens", pa.int64()), ("stop_reason", pa.string()), ("sparsity", pa.float64()),
         ("density", pa.float64()), ("prefill_ms", pa.float64()), ("decode_ms_per_token", pa.float64()),
         ("batch_size", pa.int64()), ("peak_mem_mb", pa.float64()),

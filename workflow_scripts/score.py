@@ -4,7 +4,7 @@
         --out part.parquet pred1.parquet pred2.parquet ...
 
 Each output row is a prediction row plus ``method``, ``ratio`` (from the cell spec stored with the predictions)
-and ``score``.
+and ``score`` (null for a failed sample: ``status`` other than "ok").
 """
 
 from __future__ import annotations
@@ -41,7 +41,10 @@ def score_group(task: str, data_path: str, pred_paths: list[str]):
             if key in seen:
                 raise RuntimeError(f"sample {i} of {cell['method']}@{cell['ratio']} appears twice ({path})")
             seen.add(key)
-        scores = [float(cls.score(p, gold[i])) for i, p in zip(ids, table.column("prediction").to_pylist())]
+        # a failed sample (status other than "ok", e.g. NaN logits) has no score, never a 0
+        status = (table.column("status").to_pylist() if "status" in table.column_names else ["ok"] * len(ids))
+        scores = [float(cls.score(p, gold[i])) if st == "ok" else None
+                  for i, p, st in zip(ids, table.column("prediction").to_pylist(), status)]
         n = table.num_rows
         table = table.append_column("method", pa.array([cell["method"]] * n, pa.string()))
         table = table.append_column("ratio", pa.array([ratio] * n, pa.float64()))

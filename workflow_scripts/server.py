@@ -6,10 +6,13 @@ Started by rule ``model_server`` (``rules/infer.smk``) as a Snakemake *service*:
 the cells of its group that need to run (thin clients, ``workflow_scripts.server_client``) and sends it SIGTERM
 once they have all finished. Lifecycle and guarantees:
 
-* **Rendezvous.** The server listens on a Unix socket in Linux's abstract namespace (no file, so no path length
-  limit and no shared-file-system issue; elsewhere a socket file in the temp directory). The rule's shell writes
-  that address and the server's pid into the rule's service output (``results/model_server/<id>.json``) before
-  starting Python; clients read it and connect, retrying until the server listens (or has died).
+* **Rendezvous.** The server listens on a Unix socket file in ``results/model_server/sockets`` of the study (a
+  directory only its owner may enter; the socket itself 0600). The rule's shell writes that address and the
+  server's pid into the rule's service output (``results/model_server/<id>.json``) before starting Python; clients
+  read it and connect, retrying until the server listens (or has died).
+* **Trust.** Only this study's cells are served: a connection from another user (``SO_PEERCRED``) is refused, and
+  so is a request whose output, data or calibration path lies outside the study's ``results/`` (outputs: only
+  ``results/predictions/.../part.parquet``; symbolic links resolved). Clients check the server's user in turn.
 * **One load, lazily.** The model is loaded at the first request that has to compute (a group whose cells can
   all be restored, see salvage, loads nothing), as that cell's spec describes it (``model_path``, ``tokenizer``,
   ``dtype``, ``device``); every later cell must name the same model. The server takes no settings of its own
@@ -29,7 +32,9 @@ once they have all finished. Lifecycle and guarantees:
   restores the file instead of recomputing it. When the server is stopped normally (SIGTERM with every request
   answered successfully), the entries it made or used are deleted: salvage only outlives failed groups.
 * **No orphans.** The rule ``exec``s this process (Snakemake's SIGTERM/SIGKILL reach it directly), a watchdog
-  exits it when its parent process (Snakemake) goes away, and it exits after ``SFW_SERVER_IDLE_TIMEOUT`` seconds
+  exits it when its parent process (Snakemake, ``--parent``) goes away, removing its rendezvous file and socket
+  first (a rendezvous file outliving its Snakemake would be taken as this job's incomplete output by the next run,
+  see ``rules/infer.smk``), and it exits after ``SFW_SERVER_IDLE_TIMEOUT`` seconds
   (default 300) without any client connected or queued.
 """
 
@@ -46,6 +51,7 @@ import platform
 import queue
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
@@ -70,13 +76,63 @@ def log(msg: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- socket
 def listening_socket(address: str) -> socket.socket:
-    """Listen on ``address`` ('@name': Linux abstract namespace; elsewhere a socket file in the temp dir)."""
+    """Listen on ``address``: a socket file (its directory is created owner-only, and must be ours and not a
+    symbolic link; the socket is 0600), or '@name' (Linux abstract namespace, for tests)."""
     from .server_client import socket_address
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(socket_address(address))
+    if address.startswith("@"):
+        sock.bind(socket_address(address))
+    else:
+        parent = os.path.dirname(address) or "."
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+        st = os.lstat(parent)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            raise RuntimeError(f"socket directory {parent} is not a directory owned by this user")
+        os.chmod(parent, 0o700)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(address)
+        old = os.umask(0o177)
+        try:
+            sock.bind(address)
+        finally:
+            os.umask(old)
     sock.listen(1024)
     return sock
+
+
+class Refused(PermissionError):
+    """A request this server does not serve (another user, or a path outside the study)."""
+
+
+def confined(path: str, root: Path, under: str, what: str) -> Path:
+    """``path`` (relative to the study's working directory ``root``) with symbolic links resolved; it must lie
+    inside ``root/under``."""
+    if not isinstance(path, str) or not path:
+        raise Refused(f"request refused: {what} must be a path, got {path!r}")
+    real = (root / path).resolve()
+    base = (root / under).resolve()
+    if real != base and base not in real.parents:
+        raise Refused(f"request refused: {what} {path!r} is outside this study's {under}/ ({base})")
+    return real
+
+
+def check_request(req: dict, root: Path) -> None:
+    """Every path a request names stays inside the study's results (see the module doc, *Trust*)."""
+    if req.get("op") != "run" or req.get("protocol") != PROTOCOL:
+        raise Refused(f"unsupported request {req.get('op')!r} (protocol {req.get('protocol')})")
+    cell = req.get("cell")
+    if not isinstance(cell, dict):
+        raise Refused("request refused: no cell spec")
+    out = confined(req.get("out"), root, "results/predictions", "output")
+    if out.name != "part.parquet":
+        raise Refused(f"request refused: output {req.get('out')!r} is not a cell's part.parquet")
+    confined(req.get("data"), root, "results", "data")
+    if cell.get("calibration") is not None:
+        confined(cell["calibration"], root, "results/calibration", "calibration")
+    for key in ("model_path", "tokenizer"):
+        if not isinstance(cell.get(key), str) or not os.path.isdir(os.path.join(root, cell[key])):
+            raise Refused(f"request refused: {key} {cell.get(key)!r} is not a directory")
 
 
 class Connection:
@@ -217,8 +273,11 @@ class Terminate(Exception):
 
 
 class Server:
-    def __init__(self, server: str, address: str, threads: int):
+    def __init__(self, server: str, address: str, threads: int, address_file: str | None = None,
+                 parent: int | None = None):
         self.server = server
+        self.address_file = address_file
+        self.root = Path.cwd().resolve()
         self.spec: dict | None = None          # the model, from the first request (MODEL_KEYS)
         self.address = address
         self.threads = threads
@@ -235,7 +294,7 @@ class Server:
         self._lock = threading.Lock()
         self.idle_since = time.monotonic()
         self.terminating = False
-        self.ppid = os.getppid()
+        self.ppid = parent if parent else os.getppid()
         self._device_id: str | None = None
 
     # -- lifecycle
@@ -265,6 +324,17 @@ class Server:
                 client, _ = sock.accept()
             except OSError:
                 return
+            from .server_client import peer_uid
+
+            uid = peer_uid(client)
+            if uid is not None and uid != os.getuid():
+                log(f"refused a connection from user id {uid} (this server serves user id {os.getuid()} only)")
+                with contextlib.suppress(OSError):
+                    client.sendall((json.dumps({"type": "done", "status": "error", "exit": 1, "traceback":
+                                                f"refused: this model server serves user id {os.getuid()} only, "
+                                                f"not {uid}\n"}) + "\n").encode())
+                client.close()
+                continue
             with self._lock:
                 self.connected += 1
             conn = Connection(client, on_close=self._disconnected)
@@ -279,13 +349,29 @@ class Server:
         while True:
             time.sleep(WATCHDOG_S)
             if os.getppid() != self.ppid:
-                log(f"parent process {self.ppid} is gone: exiting")
+                log(f"parent process {self.ppid} is gone: removing {self.address_file} and exiting")
+                self._remove_rendezvous(address_file=True)
                 os._exit(1)
             if self.connected > 0 or self.busy:
                 self.idle_since = time.monotonic()
             elif time.monotonic() - self.idle_since > IDLE_TIMEOUT_S:
                 log(f"no client for {IDLE_TIMEOUT_S:.0f}s: exiting (served {self.served}, failed {self.failed})")
+                self._remove_rendezvous(address_file=False)
                 os._exit(0 if self.failed == 0 else 1)
+
+    def _remove_rendezvous(self, address_file: bool) -> None:
+        """Remove the socket file and, if ``address_file`` (Snakemake is gone), the rendezvous file naming us."""
+        paths = [] if self.address.startswith("@") else [self.address]
+        if address_file and self.address_file:
+            try:
+                mine = json.loads(Path(self.address_file).read_text() or "{}").get("pid") == os.getpid()
+            except (OSError, ValueError):
+                mine = False
+            if mine:
+                paths.append(self.address_file)
+        for p in paths:
+            with contextlib.suppress(OSError):
+                os.unlink(p)
 
     def _on_sigterm(self, signum, frame) -> None:
         self.terminating = True
@@ -294,6 +380,7 @@ class Server:
             for p in self.salvage_used:         # every cell succeeded: their outputs stay, salvage is not needed
                 with contextlib.suppress(OSError):
                     p.unlink()
+        self._remove_rendezvous(address_file=False)
         log(f"SIGTERM: stopping after {self.served} cell(s) ({self.failed} failed), "
             f"{1 if self.load_id else 0} model load(s); salvage {'released' if clean else 'kept'}")
         raise Terminate()
@@ -310,6 +397,11 @@ class Server:
         log(f"cell {self.served + self.failed + 1}: {out}")
         try:
             restored = self._run(conn, req)
+        except Refused as e:
+            log(f"{e} (cell {out})")
+            conn.send({"type": "done", "status": "error", "exit": 1, "traceback": f"{e}\n"})
+            conn.close()
+            return
         except BaseException as e:             # noqa: B902 - a cell's SystemExit (fault hooks) fails that cell only
             if self.terminating or isinstance(e, (KeyboardInterrupt, Terminate)):
                 raise
@@ -347,8 +439,7 @@ class Server:
         """Run (or restore) one cell; True if restored from salvage."""
         from . import infer
 
-        if req.get("op") != "run" or req.get("protocol") != PROTOCOL:
-            raise RuntimeError(f"unsupported request {req.get('op')!r} (protocol {req.get('protocol')})")
+        check_request(req, self.root)
         cell, out = req["cell"], req["out"]
         if self.spec is None:
             self.spec = {k: cell[k] for k in MODEL_KEYS}
@@ -416,8 +507,11 @@ def main(argv=None) -> None:
     ap.add_argument("--server", required=True, help="the load's id (for logs and output metadata)")
     ap.add_argument("--listen", required=True, help="socket address: @name (abstract namespace) or a path")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--address-file", default=None, help="the rendezvous file naming this server (removed when "
+                                                          "the parent process goes away)")
+    ap.add_argument("--parent", type=int, default=None, help="the Snakemake process (default: the parent process)")
     a = ap.parse_args(argv)
-    Server(a.server, a.listen, a.threads).serve()
+    Server(a.server, a.listen, a.threads, a.address_file, a.parent).serve()
 
 
 if __name__ == "__main__":

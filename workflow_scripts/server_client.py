@@ -21,6 +21,8 @@ import socket
 import sys
 import time
 
+from .server_plan import pid_alive
+
 PROTOCOL = 1
 
 
@@ -39,8 +41,19 @@ def fail(msg: str, server_log: str | None, code: int = 1) -> None:
     raise SystemExit(code)
 
 
+def peer_uid(sock: socket.socket) -> int | None:
+    """The user id of the process at the other end of a connected Unix socket (Linux SO_PEERCRED), else None."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return None
+    import struct
+
+    _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    return uid
+
+
 def socket_address(address: str) -> str:
-    """'@name' -> the abstract-namespace address on Linux, a socket file in the temp directory elsewhere."""
+    """A socket file's path as is; '@name' -> the abstract-namespace address on Linux, a socket file in the temp
+    directory elsewhere (the workflow's servers listen on socket files: workflow_scripts/server.py)."""
     if not address.startswith("@"):
         return address
     if sys.platform.startswith("linux"):
@@ -48,16 +61,6 @@ def socket_address(address: str) -> str:
     import tempfile
 
     return os.path.join(tempfile.gettempdir(), address[1:][-40:] + ".sock")
-
-
-def _alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError, TypeError):
-        return True
-    return True
 
 
 def connect(address_file: str, timeout: float, server_log: str | None) -> socket.socket:
@@ -76,11 +79,15 @@ def connect(address_file: str, timeout: float, server_log: str | None) -> socket
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 sock.connect(socket_address(address))
+                uid = peer_uid(sock)
+                if uid is not None and uid != os.getuid():
+                    sock.close()
+                    fail(f"{address} is served by user id {uid}, not by this user's model server", server_log)
                 return sock
             except OSError as e:
                 sock.close()
                 last = f"{address}: {e}"
-            if info.get("host") == socket.gethostname() and not _alive(info.get("pid")):
+            if info.get("host") == socket.gethostname() and not pid_alive(info.get("pid")):
                 fail(f"the model server (pid {info.get('pid')}) exited before accepting this cell", server_log)
         if time.monotonic() > deadline:
             fail(f"no model server accepted a connection within {timeout:.0f}s ({address_file}: {last})",

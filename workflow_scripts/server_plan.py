@@ -27,10 +27,13 @@ per visible GPU, see ``workflow_scripts/infer.py``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
+import socket
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -40,6 +43,9 @@ DEFAULTS = {"group": ["model"], "max_cells": 200, "max_hours": 24.0, "gpu_memory
 ADDRESS = "results/model_server/{server}.json"
 LOG = "results/logs/model_server/{server}.log"
 SALVAGE_DIR = "results/model_server/salvage"
+# The servers' Unix sockets: a directory only its owner can enter (workflow_scripts/server.py); relative to the
+# study's working directory, so the path stays short of the 108-byte limit of socket addresses.
+SOCKET_DIR = "results/model_server/sockets"
 SERVER_PATTERN = r"model=[^/]+(/(task|length|method|ratio|shard|part)=[^/]+)*"
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -59,6 +65,16 @@ def log_of_address(address_file: str) -> str | None:
     if path.startswith(prefix) and path.endswith(suffix):
         return LOG.format(server=path[len(prefix):len(path) - len(suffix)])
     return None
+
+
+def pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError, OverflowError):
+        return True
+    return True
 
 
 # ---------------------------------------------------------------------------------------------- model size
@@ -263,6 +279,42 @@ class LoadPlan:
         else:
             base = max(4000, math.ceil((sum(need.values()) + GPU_RESERVED) / 2**20))
         return base * attempt
+
+    def remove_stale(self) -> list[str]:
+        """Remove rendezvous files (and sockets) left by servers that died with their Snakemake on this host.
+
+        A server removes its own when its Snakemake goes away (its watchdog); this catches the rest (both killed
+        at once). Snakemake would take such a file as the server's incomplete output, force the server and skip
+        the jobs after it. Empty files are old placeholders (no longer needed, see workflow_scripts/service_inputs.py).
+        Only files whose server is known dead (same host, no such process) are removed.
+        """
+        removed = []
+        root = os.path.dirname(ADDRESS)
+        if not os.path.isdir(root):
+            return removed
+        host = socket.gethostname()
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in (SALVAGE_DIR, SOCKET_DIR)]
+            for name in filenames:
+                if not name.endswith(".json"):
+                    continue
+                path = os.path.join(dirpath, name)
+                try:
+                    text = Path(path).read_text()
+                    info = json.loads(text) if text.strip() else {}
+                except (OSError, ValueError):
+                    continue
+                if info and (info.get("host") != host or pid_alive(info.get("pid"))):
+                    continue
+                with contextlib.suppress(OSError):      # (an empty file this young: a server's shell writing it)
+                    if not info and time.time() - os.stat(path).st_mtime < 60:
+                        continue
+                for p in (path, info.get("address")):
+                    if p and not p.startswith("@") and os.path.lexists(p):
+                        with contextlib.suppress(OSError):
+                            os.unlink(p)
+                removed.append(path)
+        return removed
 
     def ensure_placeholders(self) -> None:
         """An empty file at every server's rendezvous path unless one exists.

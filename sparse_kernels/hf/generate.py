@@ -33,12 +33,15 @@ from dataclasses import dataclass, field
 import torch
 
 FAST_DECODE_MODES = ("auto", "graph", "eager", "off")
+# stop reason of a row whose logits held a NaN or an infinity while it was generating: its output means nothing
+# (workflow_scripts/infer.py marks the sample failed; it is never scored)
+NONFINITE = "nonfinite"
 
 
 @dataclass
 class GenerationOutput:
     tokens: list[list[int]]            # new tokens per row, EOS excluded
-    stop: list[str]                    # "eos" or "length" per row
+    stop: list[str]                    # "eos", "length" or NONFINITE per row
     prefill_s: float                   # wall time of the prefill forward (whole batch)
     decode_s: float                    # wall time of all decode steps (whole batch)
     decode_steps: int                  # number of decode forwards
@@ -141,21 +144,27 @@ def greedy_generate(model, prompts: list[list[int]], max_new_tokens: int, eos_id
                      logits_log if return_logits else None)
 
 
-def _prefill(forward, ids, positions, mask, device, logits_log) -> tuple[torch.Tensor, float]:
-    """The prompt forward of both loops: (greedy first token per row, wall seconds)."""
+def nonfinite_rows(logits: torch.Tensor) -> torch.Tensor:
+    """[B] True where a row of [B, V] logits holds a NaN or an infinity (its argmax means nothing)."""
+    return ~torch.isfinite(logits).all(-1)
+
+
+def _prefill(forward, ids, positions, mask, device, logits_log) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The prompt forward of both loops: (greedy first token per row, rows with non-finite logits, wall s)."""
     _sync(device)
     t0 = time.perf_counter()
     out = forward(ids, positions, mask, logits_to_keep=1)
     if logits_log is not None:
         logits_log.append(out.logits[:, -1].float().cpu())
     nxt = out.logits[:, -1].argmax(-1)
+    bad = nonfinite_rows(out.logits[:, -1])
     del out
     _sync(device)
-    return nxt, time.perf_counter() - t0
+    return nxt, bad, time.perf_counter() - t0
 
 
 def _loop(forward, ids, mask, positions, batch, padded, max_new_tokens, eos_ids, device, session, logits_log):
-    nxt, prefill_s = _prefill(forward, ids, positions, mask, device, logits_log)
+    nxt, bad, prefill_s = _prefill(forward, ids, positions, mask, device, logits_log)
 
     tokens: list[list[int]] = [[] for _ in range(batch)]
     stop = ["length"] * batch
@@ -164,11 +173,14 @@ def _loop(forward, ids, mask, positions, batch, padded, max_new_tokens, eos_ids,
     steps = 0
     t1 = time.perf_counter()
     for step in range(max_new_tokens):
-        nxt_list = nxt.tolist()
+        nxt_list, bad_list = nxt.tolist(), bad.tolist()
         for i, t in enumerate(nxt_list):
             if done[i]:
                 continue
-            if t in eos_ids:
+            if bad_list[i]:                 # NaN / inf logits: the row stops, its sample fails (never scored)
+                done[i] = True
+                stop[i] = NONFINITE
+            elif t in eos_ids:
                 done[i] = True
                 stop[i] = "eos"
             else:
@@ -183,6 +195,7 @@ def _loop(forward, ids, mask, positions, batch, padded, max_new_tokens, eos_ids,
         if logits_log is not None:
             logits_log.append(out.logits[:, -1].float().cpu())
         nxt = out.logits[:, -1].argmax(-1)
+        bad = nonfinite_rows(out.logits[:, -1])
         next_pos = next_pos + 1
         steps += 1
     _sync(device)
@@ -229,6 +242,7 @@ class StaticDecoder:
         self.pos = next_pos.view(B, 1).to(torch.long).clone()
         self.eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=dev) if eos_ids else None
         self.done = self._is_eos(first) if self.eos is not None else torch.zeros(B, dtype=torch.bool, device=dev)
+        self.bad = torch.zeros(B, dtype=torch.bool, device=dev)   # non-finite logits while the row was running
         self.logits = None
         self.keep_logits = keep_logits
         types = getattr(model.config, "layer_types", None) or ["full_attention"]
@@ -246,6 +260,7 @@ class StaticDecoder:
             if self.logits is None:
                 self.logits = torch.zeros(lg.shape, dtype=torch.float32, device=lg.device)
             self.logits.copy_(lg)
+        self.bad.logical_or_(nonfinite_rows(lg).to(self.bad.device) & ~self.done)
         self.tokens.index_copy_(1, self.col, nxt.view(-1, 1))
         self.col.add_(1)
         self.ids.copy_(nxt.view(-1, 1))
@@ -274,7 +289,7 @@ def _sync_warnings(fn):
 def _fast_loop(model, forward, ids, mask, positions, batch, max_new_tokens, eos_ids, device, session, logits_log,
                mode, eos_every, warmup, min_graph_steps, note=None):
     cuda = device.type == "cuda"
-    nxt, prefill_s = _prefill(forward, ids, positions, mask, device, logits_log)
+    nxt, bad, prefill_s = _prefill(forward, ids, positions, mask, device, logits_log)
 
     info = {"mode": mode, "fallback": note, "warmup_steps": 0, "graph_steps": 0, "capture_s": None,
             "steady_steps": 0, "steady_ms_per_step": None}
@@ -282,6 +297,7 @@ def _fast_loop(model, forward, ids, mask, positions, batch, max_new_tokens, eos_
     max_fwd = max(int(max_new_tokens) - 1, 0)
     session.start_static_decode(max_fwd)
     dec = StaticDecoder(model, session, nxt, positions[:, -1] + 1, max_new_tokens, eos_ids, logits_log is not None)
+    dec.bad.logical_or_(bad)
     n_fwd = 0
     stop_early = dec.eos is not None and bool(dec.done.all())   # one sync after prefill
     graph = None
@@ -345,14 +361,15 @@ def _fast_loop(model, forward, ids, mask, positions, batch, max_new_tokens, eos_
             el = ev0.elapsed_time(ev1) if ev0 is not None else 1e3 * (time.perf_counter() - steady0)
             info["steady_ms_per_step"] = el / info["steady_steps"]
         toks = dec.tokens[:, :min(1 + n_fwd, max(int(max_new_tokens), 0))].cpu().tolist()
+        bad_rows = dec.bad.cpu().tolist()
     finally:
         del graph
     tokens: list[list[int]] = []
     stop, active = [], []
-    for row in toks:
+    for row, row_bad in zip(toks, bad_rows):
         cut = next((i for i, t in enumerate(row) if t in eos_ids), None)
         tokens.append(row if cut is None else row[:cut])
-        stop.append("length" if cut is None else "eos")
+        stop.append(NONFINITE if row_bad else "length" if cut is None else "eos")
         active.append(n_fwd if cut is None else min(cut, n_fwd))
     session.finish_static_decode(n_fwd, active)
     extras = {"stats": session.row_stats(), "fast_decode": info}
