@@ -66,6 +66,8 @@ except sfc.ConfigError as err:
     raise WorkflowError(f"Invalid configuration: {err}") from None
 
 # The interpreter, quoted for the shell: a venv under a path with a space (or any shell syntax) must work as is.
+# lint: shell commands use this global on purpose (snakemake --lint flags it): jobs run in the interpreter of the
+# Snakemake that plans them; as a rule's params it would make every change of environment path a rerun trigger.
 PY = f"{shlex.quote(sys.executable)} -m"
 
 
