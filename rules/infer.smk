@@ -63,10 +63,11 @@ rule infer:
 # cells take as `ancient`). The server learns the model from its first cell; the group waits for the cells' inputs
 # (model, data, calibration). Do not force this rule (--forcerun model_server): a server without cells to serve
 # idles until its timeout (SFW_SERVER_IDLE_TIMEOUT, 300 s). The shell writes the server's address (a socket file in
-# the owner-only sfs.SOCKET_DIR) and pid into the rendezvous file before Python starts, since Snakemake makes each cell wait for that
-# file for at most --latency-wait seconds; `exec` makes the server the process Snakemake signals (SIGTERM when the
-# cells are done, SIGKILL when one failed).
-# lint: runs the workflow's own Python environment, no conda/container (see rules/common.smk)
+# the owner-only sfs.SOCKET_DIR) and pid into the rendezvous file before Python starts, since Snakemake makes each
+# cell wait for that file for at most --latency-wait seconds; `exec` makes the server the process Snakemake signals
+# (SIGTERM when the cells are done, SIGKILL when one failed).
+# lint: runs the workflow's own Python environment, no conda/container (see rules/common.smk); the shell reads the
+# globals PY and sfs (the socket folder) since this rule takes no params (see above)
 rule model_server:
     output:
         service(sfs.ADDRESS),

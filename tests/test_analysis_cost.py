@@ -1,4 +1,4 @@
-"""Cost model: reproduce the paper's App. B numbers (spec docs/paper_spec.md sections 4.1 and 6.3)."""
+"""Cost model: reproduce the paper's App. B numbers (v3 App. B.1 and its reference values)."""
 
 import json
 import math

@@ -20,6 +20,8 @@ ALLOWED = {
     "Specify a conda environment or container for each rule.": "the rules run the workflow's own environment",
     "Environment variable PYTHONPATH used but not asserted with envvars directive": "set for the jobs, not read",
     "Shell command directly uses variable PY from outside of the rule": "the interpreter string (issue 23)",
+    "Shell command directly uses variable sfs from outside of the rule": "the model server's socket folder: the server "
+    "rule takes no params on purpose (rules/infer.smk)",
 }
 # Findings about one rule whose justification is a `# lint:` comment just above the rule.
 RULE_COMMENT = "Specify a conda environment or container for each rule."

@@ -1,4 +1,4 @@
-"""Cost model of "The Sparse Frontier" (v3 App. B.1; spec docs/paper_spec.md section 4.1).
+"""Cost model of "The Sparse Frontier" (v3 App. B.1).
 
 All quantities are analytic; nothing here needs a GPU.  Conventions (see docs/analysis.md):
 

@@ -1,4 +1,4 @@
-"""Sparse-attention scaling law (v1 section 4, Tables 3, 4, 7; spec docs/paper_spec.md section 4.4).
+"""Sparse-attention scaling law (v1 section 4, Tables 3, 4, 7).
 
 Per phase (prefill or decode), over cells (model, task, length, compression ratio):
 
