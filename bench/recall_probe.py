@@ -56,6 +56,42 @@ def build(name, ratio, params, length):
     return build_methods(name, ratio, params, nominal_length=length)
 
 
+def probe_executor(n_layers: int, oracle: bool, dense_layers: set[int]):
+    """A torch executor whose Quest step attends the page *oracle* (the same number of pages per head, chosen by
+    their dense attention mass) and / or leaves ``dense_layers`` dense: what accuracy the selection could reach.
+    Decode steps call quest_decode once per layer in layer order, so the call count gives the layer."""
+    import torch
+
+    from sparse_kernels.hf.executors import TorchExecutor
+    from sparse_kernels.recall import _probs
+
+    class Probe(TorchExecutor):
+        calls = 0
+
+        def quest_decode(self, q, k, v, sel, scale):
+            layer = self.calls % n_layers
+            self.calls += 1
+            B, H, L = q.shape[0], q.shape[1], k.shape[2]
+            pos = torch.arange(L).view(1, -1) - sel.pad_offsets.view(-1, 1)
+            real = (pos >= 0) & (pos < sel.seq_lens.view(-1, 1))
+            if layer in dense_layers:
+                return self.decode(q, k, v, real.unsqueeze(1).expand(B, H, L), scale)
+            if not oracle:
+                return super().quest_decode(q, k, v, sel, scale)
+            page = (pos.clamp(min=0) // sel.page_size)
+            P = int(page.max()) + 1
+            mask = torch.zeros(B, H, L, dtype=torch.bool)
+            for b in range(B):
+                p = _probs(q[b], k[b], scale, real[b].view(1, 1, L).expand(H, 1, L))[:, 0]   # [H, L]
+                mass = torch.zeros(H, P).scatter_add_(1, page[b].expand(H, L), p)
+                for h in range(H):
+                    top = torch.topk(mass[h], int(sel.counts[b, h])).indices
+                    mask[b, h] = torch.isin(page[b], top) & real[b]
+            return self.decode(q, k, v, mask, scale)
+
+    return Probe()
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
@@ -73,6 +109,8 @@ def main(argv=None) -> None:
     ap.add_argument("--fast-decode", default="off", help="off / eager: the session's static decode path")
     ap.add_argument("--by-layer", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--quest-oracle", action="store_true", help="Quest attends the page oracle (same page counts)")
+    ap.add_argument("--dense-layers", default="", help="comma-separated layers Quest leaves dense")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
 
@@ -99,7 +137,11 @@ def main(argv=None) -> None:
         name, ratio, params = parse_method(text)
         pre, dec = build(name, ratio, dict(params), a.length)
         rec = None if a.no_recall else RecallRecorder()
-        session = SparseSession(pre, dec, executor=a.executor, hooks=[rec] if rec else None)
+        executor = a.executor
+        dense_layers = {int(x) for x in a.dense_layers.split(",") if x}
+        if dec is not None and dec.name == "quest" and (a.quest_oracle or dense_layers):
+            executor = probe_executor(model.config.num_hidden_layers, a.quest_oracle, dense_layers)
+        session = SparseSession(pre, dec, executor=executor, hooks=[rec] if rec else None)
         scores, recs, t0 = [], [], time.perf_counter()
         dens = []
         for b in range(0, len(rows), a.batch):
