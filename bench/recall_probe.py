@@ -142,7 +142,7 @@ def main(argv=None) -> None:
         if dec is not None and dec.name == "quest" and (a.quest_oracle or dense_layers):
             executor = probe_executor(model.config.num_hidden_layers, a.quest_oracle, dense_layers)
         session = SparseSession(pre, dec, executor=executor, hooks=[rec] if rec else None)
-        scores, recs, t0 = [], [], time.perf_counter()
+        scores, recs, preds, t0 = [], [], [], time.perf_counter()
         dens = []
         for b in range(0, len(rows), a.batch):
             batch = rows[b:b + a.batch]
@@ -152,13 +152,14 @@ def main(argv=None) -> None:
             gen = greedy_generate(model, prompts, a.max_new_tokens, eos, pad, session=session,
                                   fast_decode=a.fast_decode)
             for r, toks, st in zip(batch, gen.tokens, gen.extras["stats"]):
-                scores.append(cls.score(tok.decode(toks, skip_special_tokens=True), json.loads(r["gold"])))
+                preds.append(tok.decode(toks, skip_special_tokens=True))
+                scores.append(cls.score(preds[-1], json.loads(r["gold"])))
                 dens.append(st["prefill_density"] if pre is not None else st["decode_density"])
             if rec:
                 recs.extend(rec.rows(len(batch)))
         phase = "prefill" if pre is not None else "decode"
         out = {"method": text, "accuracy": sum(scores) / len(scores), "density": sum(d for d in dens if d) / len(dens),
-               "seconds": round(time.perf_counter() - t0, 1)}
+               "seconds": round(time.perf_counter() - t0, 1), "scores": scores, "predictions": preds}
         if recs and recs[0].get(f"{phase}_recall") is not None:
             for key in ("recall", "oracle_recall"):
                 out[key] = sum(r[f"{phase}_{key}"] for r in recs) / len(recs)

@@ -8,6 +8,9 @@ ISO_KINDS = ["isoflops", "isocost", "isotime"]
 
 ANALYSIS_CHARTS = expand(CHART + "/{name}.png", name=ISO_KINDS + ["max_ratio", "relative_error"])
 ANALYSIS_TABLES = [ANALYSIS + "/scaling.md", ANALYSIS + "/max_ratio_detail.parquet"]
+if config.get("recall"):  # attention recall (study key `recall: true`)
+    ANALYSIS_CHARTS = ANALYSIS_CHARTS + [CHART + "/recall.png"]
+    ANALYSIS_TABLES = ANALYSIS_TABLES + [ANALYSIS + "/recall.parquet"]
 
 
 rule model_info:
@@ -119,3 +122,37 @@ rule chart_relative_error:
         from workflow_scripts.charts import relative_error_chart
 
         relative_error_chart(input[0], output.html, output.png)
+
+
+rule recall:
+    input:
+        AGG_SAMPLES,
+    output:
+        cells=ANALYSIS + "/recall.parquet",
+        layers=ANALYSIS + "/recall_by_layer.parquet",
+    run:
+        from workflow_scripts.analyze import recall
+
+        recall(input[0], output.cells, output.layers)
+
+
+rule chart_recall:
+    input:
+        cells=ANALYSIS + "/recall.parquet",
+        layers=ANALYSIS + "/recall_by_layer.parquet",
+    output:
+        html=CHART + "/recall.html",
+        png=report(
+            CHART + "/recall.png",
+            caption="report/recall.rst",
+            category="6. Attention recall",
+            labels={"chart": "recall"},
+        ),
+    params:
+        cell=config.get("analysis", {}).get("recall_cell"),
+    run:
+        from workflow_scripts.charts import recall_chart
+
+        recall_chart(
+            input.cells, input.layers, output.html, output.png, params.cell
+        )

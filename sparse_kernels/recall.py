@@ -26,6 +26,20 @@ from __future__ import annotations
 import torch
 
 DEFAULT_MAX_ELEMENTS = 1 << 24  # fp32 probabilities per chunk (64 MiB)
+PREFILL_ROWS = 512              # query rows measured per (sample, layer) in prefill (all when the prompt is shorter)
+ROW_WINDOW = 64                 # ... in PREFILL_ROWS / ROW_WINDOW evenly spaced windows of consecutive rows
+
+
+def row_windows(n: int, max_rows: int | None = PREFILL_ROWS, window: int = ROW_WINDOW) -> list[tuple[int, int]]:
+    """Query-row ranges [q0, q1) measured in a row of length n: all rows when n <= max_rows (or max_rows is
+    None), else max_rows // window windows of ``window`` consecutive rows, evenly spaced from the first to the
+    last row (deterministic)."""
+    if max_rows is None or n <= max_rows:
+        return [(0, n)]
+    w = max(1, int(window))
+    m = max(1, int(max_rows) // w)
+    starts = sorted({round(i * (n - w) / max(m - 1, 1)) for i in range(m)})
+    return [(s, s + w) for s in starts]
 
 
 def _topc_mass(p: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
@@ -61,11 +75,12 @@ def _probs(q: torch.Tensor, k: torch.Tensor, scale: float, allowed: torch.Tensor
     return torch.softmax(s.masked_fill(~allowed, float("-inf")), dim=-1).nan_to_num_(0.0)
 
 
-def prefill_recall(q: torch.Tensor, k: torch.Tensor, selection, scale: float,
+def prefill_recall(q: torch.Tensor, k: torch.Tensor, selection, scale: float, max_rows: int | None = PREFILL_ROWS,
                    max_elements: int = DEFAULT_MAX_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor]:
     """(recall [B, H], oracle [B, H]) float64 of a prefill selection (Block / VerticalSlash; its
     ``local_mask`` at the executor's block granularity) for q [B, H, L, D], k [B, Hkv, L, D], averaged over
-    each row's real query rows. Query rows are processed in chunks of at most ``max_elements`` scores."""
+    each row's real query rows — over the :func:`row_windows` sample of them when a row is longer than
+    ``max_rows`` (None: every row). Rows are processed in chunks of at most ``max_elements`` scores."""
     B, H = q.shape[0], q.shape[1]
     rec = torch.zeros(B, H, dtype=torch.float64)
     orc = torch.zeros(B, H, dtype=torch.float64)
@@ -76,16 +91,18 @@ def prefill_recall(q: torch.Tensor, k: torch.Tensor, selection, scale: float,
             continue
         chunk = max(1, int(max_elements) // (H * n))
         kb = k[b, :, o:o + n]
-        for q0 in range(0, n, chunk):
-            q1 = min(n, q0 + chunk)
+        windows = row_windows(n, max_rows)
+        chunks = [(a, min(e, a + chunk)) for s, e in windows for a in range(s, e, chunk)]
+        for q0, q1 in chunks:
             causal = (torch.arange(n, device=q.device).view(1, -1)
                       <= torch.arange(q0, q1, device=q.device).view(-1, 1)).unsqueeze(0)
             p = _probs(q[b, :, o + q0:o + q1], kb, scale, causal)
             r, c = kept_and_oracle(p, selection.local_mask(b, q0, q1).to(p.device))
             rec[b] += r.double().sum(-1).cpu()
             orc[b] += c.double().sum(-1).cpu()
-        rec[b] /= n
-        orc[b] /= n
+        rows = sum(e - s for s, e in windows)
+        rec[b] /= rows
+        orc[b] /= rows
     return rec, orc
 
 

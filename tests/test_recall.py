@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from sparse_kernels.methods import build_method
-from sparse_kernels.recall import RecallRecorder, decode_recall, kept_and_oracle, prefill_recall
+from sparse_kernels.recall import RecallRecorder, decode_recall, kept_and_oracle, prefill_recall, row_windows
 from sparse_kernels.selection import BlockSelection
 
 # causal row-stochastic attention matrix (row i attends keys 0..i)
@@ -56,6 +56,23 @@ def test_prefill_recall_of_hand_built_attention():
     rec2, _ = prefill_recall(torch.cat([qp, torch.cat([q, torch.zeros(1, 1, 3, 4)], 2)]),
                              torch.cat([kp, torch.cat([k, torch.zeros(1, 1, 3, 4)], 2)]), selp, scale=1.0)
     assert rec2.flatten().tolist() == pytest.approx([0.775, 0.775], abs=1e-6)
+
+
+def test_row_windows_sample_evenly_and_measure_only_those_rows():
+    assert row_windows(500, 512) == [(0, 500)]
+    w = row_windows(1000, 512, 64)
+    assert len(w) == 8 and w[0] == (0, 64) and w[-1] == (936, 1000)
+    assert all(b - a == 64 for a, b in w) and all(w[i][1] <= w[i + 1][0] for i in range(7))
+    # the sampled figure is the mean over exactly those rows: each row alone, averaged by hand
+    q, k = _random_qkv(L=300, H=2, G=1)
+    sel = build_method("block_sparse", top_chunks=4).select(q, k, None, 0.25)
+    rec, orc = prefill_recall(q, k, sel, 0.25, max_rows=128)
+    rows = [r for a, b in row_windows(300, 128) for r in range(a, b)]
+    p = torch.softmax((q[0] @ k[0].transpose(-1, -2) * 0.25).masked_fill(
+        torch.ones(300, 300, dtype=torch.bool).triu(1), float("-inf")), -1)[:, rows]
+    m = sel.to_mask()[0][:, rows]
+    torch.testing.assert_close(rec[0].float(), (p * m).sum(-1).mean(-1), atol=1e-5, rtol=0)
+    assert bool((orc >= rec - 1e-6).all())
 
 
 def test_decode_recall_tokens_and_pages_hand_built():
@@ -185,3 +202,53 @@ def test_recorder_in_model(model, method, phase):
     # left padding: the second (shorter, padded) row gets what it gets alone
     alone = _run(model, method, ratio, prompts[1:])[0]
     assert sparse[1][f"{phase}_recall_by_layer"] == pytest.approx(alone[f"{phase}_recall_by_layer"], abs=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ the study key
+def _study(model, **extra):
+    return {"seed": 43, "samples": 2, "shard_size": 2, "prompt_mode": "direct", "max_new_tokens": 3,
+            "models": {"tiny": {"path": str(model), "dtype": "float32", "device": "cpu"}},
+            "tasks": ["ruler_niah"], "lengths": [1024],
+            "methods": {"dense": {}, "block_sparse": {"ratios": [3]}, "snapkv": {"ratios": [3]},
+                        "quest": {"ratios": [4]}}, **extra}
+
+
+def test_recall_key_validated_and_only_in_params_when_on(tiny_model):
+    from workflow_scripts.config import ConfigError, Study, schema_errors
+
+    assert "recall" not in Study(_study(tiny_model)).cell_params("tiny", "ruler_niah", 1024, "quest", "4", 0)
+    assert Study(_study(tiny_model, recall=True)).cell_params("tiny", "ruler_niah", 1024, "quest", "4", 0)["recall"]
+    assert any(e.startswith("recall:") for e in schema_errors(_study(tiny_model, recall="yes")))
+    with pytest.raises(ConfigError, match=r"^analysis\.recall_cell: only used with `recall: true`"):
+        Study(_study(tiny_model, analysis={"recall_cell": {"length": 1024}}))
+    with pytest.raises(ConfigError, match=r"^analysis\.recall_cell\.model: 'big' is not one of"):
+        Study(_study(tiny_model, recall=True, analysis={"recall_cell": {"model": "big"}}))
+
+
+def test_recall_through_the_workflow(workflow, tiny_model):
+    import pyarrow.parquet as pq
+
+    workflow.write_config(_study(tiny_model, recall=True))
+    workflow.run("results/charts/recall.png")
+    cell = "results/predictions/model=tiny/task=ruler_niah/length=1024/method={}/ratio={}/shard=0/part.parquet"
+    dense = pq.read_table(workflow.path(cell.format("dense", 1))).to_pylist()
+    assert all(r["recall"] == r["oracle_recall"] == 1.0 and r["prefill_recall_by_layer"] is None for r in dense)
+    for m, r, phase in (("block_sparse", 3, "prefill"), ("snapkv", 3, "decode"), ("quest", 4, "decode")):
+        for row in pq.read_table(workflow.path(cell.format(m, r))).to_pylist():
+            assert row["recall"] == row[f"{phase}_recall"] < 0.999
+            assert row["oracle_recall"] >= row["recall"] - 1e-9
+            assert len(row[f"{phase}_recall_by_layer"]) == 2
+            other = "decode" if phase == "prefill" else "prefill"
+            assert row[f"{other}_recall"] == 1.0
+    cells = pq.read_table(workflow.path("results/analysis/recall.parquet")).to_pandas()
+    layers = pq.read_table(workflow.path("results/analysis/recall_by_layer.parquet")).to_pandas()
+    got = cells.set_index("method")
+    assert got.loc["dense", "recall"] == 1.0 and got.loc["quest", "phase"] == "decode"
+    rows = pq.read_table(workflow.path(cell.format("quest", 4))).to_pylist()
+    assert got.loc["quest", "recall"] == pytest.approx(sum(r["recall"] for r in rows) / len(rows))
+    q = layers[layers["method"] == "quest"].sort_values("layer")
+    assert q["recall"].tolist() == pytest.approx([sum(r["decode_recall_by_layer"][i] for r in rows) / len(rows)
+                                                  for i in range(2)])
+    summary = pq.read_table(workflow.path("results/aggregate/summary.parquet")).to_pandas().set_index("method")
+    assert summary.loc["quest", "mean_recall"] == pytest.approx(got.loc["quest", "recall"])
+    assert workflow.path("results/charts/recall.png").stat().st_size > 10_000

@@ -51,7 +51,7 @@ AGG_SUMMARY = RESULTS + "/aggregate/summary.parquet"
 MODEL_DEFAULTS = {"dtype": "bfloat16", "device": "auto", "chat_template": True}
 TOP_DEFAULTS = {"seed": 43, "samples": 100, "shard_size": 25, "prompt_mode": "cot", "max_new_tokens": 1024,
                 "batch_size": 1, "task_params": {},
-                "datasets_dir": "datasets", "executor": "auto", "calibration": {},
+                "datasets_dir": "datasets", "executor": "auto", "calibration": {}, "recall": False,
                 "model_server": {}}   # model loads per job: workflow_scripts/server_plan.py
 CALIBRATION_DEFAULTS = {"samples": 2, "tolerance": 0.05}
 
@@ -173,6 +173,14 @@ class Study:
             self._check_method(m, entry or {})
         if c["prompt_mode"] not in PROMPT_MODES:
             raise ConfigError(f"prompt_mode: must be one of {PROMPT_MODES}")
+        cell = (c.get("analysis") or {}).get("recall_cell")
+        if cell is not None:
+            if not c["recall"]:
+                raise ConfigError("analysis.recall_cell: only used with `recall: true`; set it or remove the key")
+            for key, known in (("model", c["models"]), ("task", c["tasks"]), ("length", c["lengths"])):
+                if key in cell and cell[key] not in known:
+                    raise ConfigError(f"analysis.recall_cell.{key}: {cell[key]!r} is not one of the study's "
+                                      f"{key}s ({', '.join(map(str, known))})")
 
     def _check_method(self, m: str, entry: dict) -> None:
         key = f"methods.{m}"
@@ -477,6 +485,8 @@ class Study:
             "batch_size": self.cfg["batch_size"],
             "samples": [start, stop],
             "shard": shard,
+            # only when on: a study without it keeps the params (and results) it had before the key existed
+            **({"recall": True} if self.cfg["recall"] else {}),
         }
 
     def score_params(self, task: str) -> dict:
