@@ -223,13 +223,19 @@ class Study:
                 raise ConfigError(f"{key}.params.{k}: dense has no hyperparameters")
             for k, msg in param_errors(m, params):
                 raise ConfigError(f"{key}.params.{k}: {msg}")
+        pre_params = (params.get(pre) or {}) if combined else params
+        if pre == "flexprefill":
+            hp = resolve_params(pre, pre_params)
+            if hp["min_budget"] < hp["block_size"]:
+                raise ConfigError(f"{key}.params{'.' + pre if combined else ''}.min_budget: must be at least one block "
+                                  f"(block_size = {hp['block_size']}; the official FlexPrefill code's behaviour below "
+                                  f"it is not reproduced), got {hp['min_budget']}")
         # calibration
         calibrate = entry.get("calibrate")
         if calibrate is not None and pre not in CALIBRATABLE:
             raise ConfigError(f"{key}.calibrate: only {', '.join(CALIBRATABLE)} (or combinations with them) are "
                               "calibrated; remove the key")
         if pre in CALIBRATABLE and calibrate is False:
-            pre_params = params.get(pre, {}) if combined else params
             if pre == "flexprefill" and "min_budget" in pre_params:
                 raise ConfigError(f"{key}.params{'.' + pre if combined else ''}.min_budget: with calibrate: false "
                                   "the paper's table sets (alpha, min_budget); remove min_budget")

@@ -24,7 +24,8 @@ class FlexPrefill(_VSBase):
 
     Budget: explicit ``alpha`` / ``min_budget`` (config defaults 0.65 / 512), or ``ratio`` +
     ``nominal_length`` looked up in the paper's table (:func:`budgets.paper_flexprefill`).
-    ``ratio == 1`` selects everything."""
+    ``ratio == 1`` selects everything. A ``min_budget`` below one block (``block_size``, 64) is refused: the
+    official code's behaviour there is not reproduced (the paper's tables never go below 164)."""
 
     name = "flexprefill"
 
@@ -43,6 +44,9 @@ class FlexPrefill(_VSBase):
         elif self.ratio is None:
             self.alpha = 0.65 if alpha is None else float(alpha)
             self.min_budget = 512 if min_budget is None else int(min_budget)
+        if self.min_budget is not None and self.min_budget < self.block_size:
+            raise ValueError(f"FlexPrefill min_budget must be at least one block ({self.block_size} tokens; the "
+                             f"official code's behaviour below it is not reproduced), got {self.min_budget}")
 
     def params(self, n: int) -> tuple[float, int]:
         """(alpha, min_budget) for a row of real length n."""
