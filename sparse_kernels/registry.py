@@ -39,6 +39,15 @@ METHOD_PARAMS: dict[str, dict[str, object]] = {
     "quest": {"page_size": 16, "share_pages": False},
 }
 
+# Hyperparameters a study may set but that are not part of the resolved defaults (so adding one reruns no
+# existing cell): name -> {key: default}. bf16_probs: round the estimation window's softmax probabilities to
+# bfloat16 before pooling them into vertical / slash scores, as the official code does with a bf16 model
+# (default False: fp32 probabilities; docs/methods.md "Vertical-Slash").
+OPT_IN_PARAMS: dict[str, dict[str, object]] = {
+    "vertical_slash": {"bf16_probs": False},
+    "flexprefill": {"bf16_probs": False},
+}
+
 # Task-dependent paper defaults (applied unless the study overrides the key): Vertical-Slash's estimation
 # window is 512 queries for NIAH and Story Retrieval, 256 otherwise (spec §2.1, §2.7).
 TASK_PARAM_DEFAULTS: dict[str, dict[str, dict[str, object]]] = {
@@ -118,7 +127,7 @@ def resolve_params(name: str, overrides: dict | None, task: str | None = None) -
 def param_errors(name: str, overrides: dict | None) -> list[tuple[str, str]]:
     """[(key, message)] for unknown hyperparameters or values of the wrong type."""
     errors = []
-    allowed = METHOD_PARAMS[name]
+    allowed = {**METHOD_PARAMS[name], **OPT_IN_PARAMS.get(name, {})}
     for key, value in (overrides or {}).items():
         if key not in allowed:
             known = ", ".join(sorted(allowed)) or "none"

@@ -231,6 +231,26 @@ def test_flexprefill_alpha_zero_is_uniform_min_budget():
     assert (sel.vertical_counts == 17).all() and (sel.slash_counts == 17).all()
 
 
+def test_bf16_probs_pools_rounded_window_probabilities():
+    # the official code pools the window's softmax probabilities in the model dtype (bf16); the option rounds
+    # them to bf16 first: selections equal the top-k of brute-force sums of rounded probabilities and differ
+    # from the fp32 ones in some heads (default: fp32)
+    L, H, kv = 600, 8, 40
+    q, k, v = make_qkv(1, H, 2, L, seed=5)
+    fp32 = VerticalSlash(vertical_size=kv, slash_size=kv, last_q=64, n_local=8, block_size=16).select(q, k)
+    sel = VerticalSlash(vertical_size=kv, slash_size=kv, last_q=64, n_local=8, block_size=16,
+                        bf16_probs=True).select(q, k)
+    p = bf_window_probs(q[0], k[0], 64).to(torch.bfloat16).double()
+    vs, ss = p.sum(1), bf_diag(p)
+    changed = 0
+    for h in range(H):
+        assert_same_topk(sel.vertical_idx[0, h].tolist(), vs[h], range(4), kv)
+        assert_same_topk(sel.slash_offsets[0, h].tolist(), ss[h], range(8), kv)
+        changed += not (torch.equal(sel.vertical_idx[0, h], fp32.vertical_idx[0, h])
+                        and torch.equal(sel.slash_offsets[0, h], fp32.slash_offsets[0, h]))
+    assert changed >= 1
+
+
 def test_flexprefill_refuses_min_budget_below_one_block():
     # below one block the official code's behaviour is not reproduced: refused, here and in the study config
     with pytest.raises(ValueError, match="min_budget must be at least one block"):

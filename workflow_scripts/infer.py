@@ -138,7 +138,7 @@ def budget_summary(method) -> dict | None:
         return None
     keep = ("ratio", "nominal_length", "vertical_size", "slash_size", "alpha", "min_budget", "top_chunks",
             "token_capacity", "token_budget", "last_q", "window", "page_size", "share_pages", "block_size",
-            "min_head_ratio", "kernel_size", "local_window", "n_sinks", "n_local")
+            "min_head_ratio", "kernel_size", "local_window", "n_sinks", "n_local", "bf16_probs")
     return {"name": method.name, **{k: getattr(method, k) for k in keep if hasattr(method, k)}}
 
 

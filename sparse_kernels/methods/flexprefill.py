@@ -31,8 +31,8 @@ class FlexPrefill(_VSBase):
 
     def __init__(self, ratio: float | None = None, nominal_length: int | None = None,
                  alpha: float | None = None, min_budget: int | None = None, last_q: int = 512,
-                 n_sinks: int = 4, n_local: int = 64, block_size: int = 64):
-        super().__init__(last_q, n_sinks, n_local, block_size)
+                 n_sinks: int = 4, n_local: int = 64, block_size: int = 64, bf16_probs: bool = False):
+        super().__init__(last_q, n_sinks, n_local, block_size, bf16_probs)
         self.ratio = check_ratio(ratio)
         self.nominal_length = nominal_length
         if self.ratio is not None and (alpha is not None or min_budget is not None):
