@@ -182,20 +182,21 @@ def recall_chart(cells_path: str, layers_path: str, html_path: str, png_path: st
                       cells.assign(measure="oracle (equal budget)", value=cells["oracle_recall"])])
     x = alt.X("ratio:Q", scale=alt.Scale(type="log"), title="compression ratio (log)")
     color = alt.Color("method:N", title="method")
-    dash = alt.StrokeDash("measure:N", title="recall of",
-                          scale=alt.Scale(domain=["method", "oracle (equal budget)"], range=[[1, 0], [5, 3]]),
-                          legend=alt.Legend(symbolType="stroke", symbolStrokeColor="gray"))
-    rec = alt.Chart(long).mark_line(point=True).encode(
-        x=x, y=alt.Y("value:Q", scale=alt.Scale(domain=[0, 1]), title="attention recall (dense mass kept)"),
-        color=color, strokeDash=dash,
-        tooltip=["cell", "method", "ratio", "measure", alt.Tooltip("value:Q", format=".3f")],
-    ).properties(width=220, height=150)
-    acc = alt.Chart(cells).mark_line(point=True).encode(
-        x=x, y=alt.Y("mean:Q", scale=alt.Scale(domain=[0, 1]), title="mean score"), color=color,
-        tooltip=["cell", "method", "ratio", "n", alt.Tooltip("mean:Q", format=".3f")],
-    ).properties(width=220, height=150)
-    top = alt.hconcat(rec.facet(row=alt.Row("cell:N", title=None)).properties(title="attention recall"),
-                      acc.facet(row=alt.Row("cell:N", title=None)).properties(title="accuracy"))
+    # (the dash needs no legend: the chart title says solid = method, dashed = oracle)
+    dash = alt.StrokeDash("measure:N", legend=None,
+                          scale=alt.Scale(domain=["method", "oracle (equal budget)"], range=[[1, 0], [5, 3]]))
+    rows = []
+    for cell in sorted(cells["cell"].unique()):
+        rec = alt.Chart(long[long["cell"] == cell]).mark_line(point=True).encode(
+            x=x, y=alt.Y("value:Q", scale=alt.Scale(domain=[0, 1]), title="dense mass kept"), color=color,
+            strokeDash=dash, tooltip=["method", "ratio", "measure", alt.Tooltip("value:Q", format=".3f")],
+        ).properties(width=220, height=140, title=f"{cell}: attention recall")
+        acc = alt.Chart(cells[cells["cell"] == cell]).mark_line(point=True).encode(
+            x=x, y=alt.Y("mean:Q", scale=alt.Scale(domain=[0, 1]), title="mean score"), color=color,
+            tooltip=["method", "ratio", "n", alt.Tooltip("mean:Q", format=".3f")],
+        ).properties(width=220, height=140, title=f"{cell}: accuracy")
+        rows.append(alt.hconcat(rec, acc))
+    top = alt.vconcat(*rows)
     pick = pick_recall_cell(layers, choice)
     if pick is None:
         return save_chart(top.properties(title="Attention recall vs compression, next to accuracy"), html_path,
