@@ -102,7 +102,7 @@ def test_kept_and_oracle_full_selection_is_one():
 
 # ------------------------------------------------------------------------------------------ methods, random inputs
 PREFILL = {"vertical_slash": {"vertical_size": 24, "slash_size": 24, "last_q": 64, "n_local": 16},
-           "flexprefill": {"alpha": 0.2, "min_budget": 64, "last_q": 64, "n_local": 16},
+           "flexprefill": {"alpha": 0.2, "min_budget": 16, "block_size": 16, "last_q": 64, "n_local": 16},
            "block_sparse": {"top_chunks": 4}}
 
 
