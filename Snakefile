@@ -51,6 +51,8 @@ localrules:
     scaling,
     relative_error,
     chart_relative_error,
+    recall,
+    chart_recall,
     data_card,
 
 

@@ -150,7 +150,7 @@ def tiny_params(name: str, L: int) -> dict:
     if name.startswith("vertical_slash"):
         return dict(vertical_size=max(4, L // 10), slash_size=max(4, L // 10), last_q=32, n_local=16, block_size=32)
     if name == "flexprefill":
-        return dict(alpha=0.1, min_budget=16, last_q=32, n_local=16, block_size=32)
+        return dict(alpha=0.1, min_budget=32, last_q=32, n_local=16, block_size=32)
     if name == "block_sparse":
         return dict(top_chunks=max(3, L // 16 // 10))
     if name in ("snapkv", "ada_snapkv"):

@@ -7,6 +7,9 @@ ISO_KINDS = ["isoflops", "isocost", "isotime"]
 
 ANALYSIS_CHARTS = expand("results/charts/{name}.png", name=ISO_KINDS + ["max_ratio", "relative_error"])
 ANALYSIS_TABLES = ["results/analysis/scaling.md", "results/analysis/max_ratio_detail.parquet"]
+if config.get("recall"):  # attention recall (study key `recall: true`)
+    ANALYSIS_CHARTS = ANALYSIS_CHARTS + ["results/charts/recall.png"]
+    ANALYSIS_TABLES = ANALYSIS_TABLES + ["results/analysis/recall.parquet"]
 
 
 rule model_info:
@@ -150,3 +153,39 @@ rule chart_relative_error:
         from workflow_scripts.charts import relative_error_chart
 
         logged(log[0], relative_error_chart, input[0], output.html, output.png)
+
+
+rule recall:
+    input:
+        AGG_SAMPLES,
+    output:
+        cells="results/analysis/recall.parquet",
+        layers="results/analysis/recall_by_layer.parquet",
+    log:
+        "results/logs/analysis/recall.log",
+    run:
+        from workflow_scripts.analyze import recall
+
+        logged(log[0], recall, input[0], output.cells, output.layers)
+
+
+rule chart_recall:
+    input:
+        cells="results/analysis/recall.parquet",
+        layers="results/analysis/recall_by_layer.parquet",
+    output:
+        html="results/charts/recall.html",
+        png=report(
+            "results/charts/recall.png",
+            caption="report/recall.rst",
+            category="6. Attention recall",
+            labels={"chart": "recall"},
+        ),
+    log:
+        "results/logs/charts/recall.log",
+    params:
+        cell=config.get("analysis", {}).get("recall_cell"),
+    run:
+        from workflow_scripts.charts import recall_chart
+
+        logged(log[0], recall_chart, input.cells, input.layers, output.html, output.png, params.cell)

@@ -48,7 +48,9 @@ class Method:
     calibration may set instead of the ratio table (non-empty = calibratable); ``calibration_only``: params used
     only when calibrating (dropped when the ratio sets the budget). ``index_cost``: ``f(dims, length, ratio,
     options) -> {"prefill_index_flops" | "decode_index_memory" | "decode_index_flops": value}`` (or
-    ``"module:function"``), the method's own overhead in the cost model; None = no overhead."""
+    ``"module:function"``), the method's own overhead in the cost model; None = no overhead. ``opt_in``:
+    hyperparameters a study may set that stay out of the resolved defaults unless set (a new knob reruns no
+    existing cell)."""
 
     name: str
     phase: str
@@ -59,6 +61,9 @@ class Method:
     calibrated_budget: tuple[str, ...] = ()
     calibration_only: tuple[str, ...] = ()
     index_cost: Callable | str | None = None
+    # hyperparameters a study may set that are not part of the resolved defaults (so adding one reruns no existing
+    # cell): {key: default}
+    opt_in: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.phase not in PHASES:
@@ -118,6 +123,9 @@ register(Method(
     task_params={"last_q": {"ruler_niah": 512, "story_retrieval": 512}},
     calibrated_budget=("vertical_size", "slash_size"),
     index_cost=_KC + "vertical_slash_index_cost",
+    # bf16_probs: round the estimation window's softmax probabilities to bfloat16 before pooling them into vertical /
+    # slash scores, as the official code does with a bf16 model (default: fp32; docs/methods.md "Vertical-Slash")
+    opt_in={"bf16_probs": False},
 ))
 register(Method(
     "flexprefill", "prefill", "sparse_kernels.methods.flexprefill:FlexPrefill",
@@ -128,6 +136,7 @@ register(Method(
     calibrated_budget=("alpha", "min_budget"),
     calibration_only=("min_budget",),
     index_cost=_KC + "flexprefill_index_cost",
+    opt_in={"bf16_probs": False},
 ))
 register(Method(
     "block_sparse", "prefill", "sparse_kernels.methods.block_sparse:BlockSparse",
@@ -180,6 +189,7 @@ METHOD_PARAMS: Mapping[str, dict] = _Field("params")
 BUDGET_PARAMS: Mapping[str, tuple[str, ...]] = _Field("budget")
 TASK_PARAM_DEFAULTS: Mapping[str, dict] = _Field("task_params", lambda m: bool(m.task_params))
 CALIBRATED_BUDGET_PARAMS: Mapping[str, tuple[str, ...]] = _Field("calibrated_budget", lambda m: bool(m.calibrated_budget))
+OPT_IN_PARAMS: Mapping[str, dict] = _Field("opt_in", lambda m: bool(m.opt_in))
 
 
 def method_names() -> list[str]:
@@ -249,7 +259,7 @@ def param_errors(name: str, overrides: dict | None) -> list[tuple[str, str]]:
     """[(key, message)] for unknown hyperparameters or values of the wrong type."""
     errors = []
     m = get(name)
-    allowed = m.params
+    allowed = {**m.params, **m.opt_in}
     for key, value in (overrides or {}).items():
         if key not in allowed:
             known = ", ".join(sorted(allowed)) or "none"

@@ -63,8 +63,23 @@ def test_saturated_task_gives_large_finite_offset():
     cells = simulate(seed=3)
     cells.loc[cells.task == "ruler_niah", "mean"] = 1.0
     fit = sc.fit_scaling_law(cells)
-    assert fit.converged
+    assert fit.converged and fit.ridge == 1e-6          # no finite maximum: the ridge is needed
     assert 5 < fit.coef["delta_ruler_niah"] < 60
+
+
+def test_noiseless_weakly_identified_offset_is_exact_without_ridge():
+    # cells exactly on the law; ruler_niah's offset (+7) puts its cells near 100 %, so the likelihood is flat
+    # along delta_niah and a fixed ridge pulls it towards 0 (by ~1 standard error); unpenalised it is exact
+    deltas = {**DELTAS, "ruler_niah": 7.0}
+    cells = simulate(deltas=deltas)
+    cells["mean"] = expit(TRUE["epsilon"] + TRUE["alpha"] * np.log(cells.n_params) + TRUE["beta"] * np.log(cells.length)
+                          + TRUE["gamma"] * np.log(cells.ratio) + cells.task.map(deltas))
+    fit = sc.fit_scaling_law(cells)
+    assert fit.converged and fit.ridge == 0.0
+    for t, d in deltas.items():
+        assert fit.coef[f"delta_{t}"] == pytest.approx(d, abs=1e-3)
+    for k in ("alpha", "beta", "gamma"):
+        assert fit.coef[k] == pytest.approx(TRUE[k], abs=1e-3)
 
 
 def test_held_out_metrics_use_held_out_points_only():

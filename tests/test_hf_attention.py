@@ -82,7 +82,7 @@ def test_full_budget_reproduces_dense_model(models, dense_ref, method):
 # ------------------------------------------------------------------------------------------ prefill methods
 PREFILL = {
     "vertical_slash": dict(vertical_size=8, slash_size=66, last_q=64, block_size=32),
-    "flexprefill": dict(alpha=0.1, min_budget=8, last_q=64),
+    "flexprefill": dict(alpha=0.1, min_budget=16, last_q=64, block_size=16),
     "block_sparse": dict(top_chunks=5),
 }
 

@@ -19,9 +19,11 @@ from sparse_kernels.registry import resolve_params
 from workflow_scripts.calibrate import CalibrationError, DensityModel, collect_scores, solve
 
 TOL = 0.05
-# V-S: 3 needs the vertical-count refinement at this length, 4 does not. FlexPrefill with min_budget 64:
-# 2 is reached by bisecting alpha, 5 only below min_budget (alpha = 0, min_budget bisected).
-TARGETS = {"vertical_slash": (3.0, 4.0), "flexprefill": (2.0, 5.0)}
+# V-S: 3 needs the vertical-count refinement at this length, 4 does not. FlexPrefill: 1.5 with min_budget 128 only
+# below min_budget (alpha = 0, min_budget bisected), 2 with min_budget 64 by bisecting alpha;
+# 5 would need min_budget below one block (64), which is refused.
+TARGETS = {"vertical_slash": (3.0, 4.0), "flexprefill": (1.5, 2.0)}
+MIN_BUDGET = {1.5: 128, 2.0: 64}
 OVERRIDES = {"vertical_slash": {}, "flexprefill": {"min_budget": 64}}
 
 
@@ -39,7 +41,8 @@ def setup(tiny_model):
 
 def _probe(method, params):
     p = {k: v for k, v in params.items() if k != "min_budget"}
-    start = {"vertical_size": 1, "slash_size": 1} if method == "vertical_slash" else {"alpha": 0.0, "min_budget": 1}
+    start = ({"vertical_size": 1, "slash_size": 1} if method == "vertical_slash"
+             else {"alpha": 0.0, "min_budget": p.get("block_size", 64)})
     return build_one(method, 2.0, p, None, calibrated=start)
 
 
@@ -52,10 +55,12 @@ def test_calibration_hits_each_target_within_5_percent(setup, method):
     dm = DensityModel(method, scores, params)
     settings = []
     for ratio in TARGETS[method]:
-        res = solve(method, dm, ratio, TOL, params["ruler_niah"])
+        given = dict(params["ruler_niah"], **({"min_budget": MIN_BUDGET[ratio]} if method == "flexprefill" else {}))
+        res = solve(method, dm, ratio, TOL, given)
         assert abs(res["density"] - 1 / ratio) <= TOL / ratio, res
         if method == "flexprefill":
-            assert (res["setting"]["min_budget"] == 64) == (ratio == 2.0)   # both branches exercised
+            assert (res["setting"]["min_budget"] == MIN_BUDGET[ratio]) == (ratio == 2.0)  # both branches exercised
+            assert res["setting"]["min_budget"] >= 64
         else:
             assert res["refined"] == (ratio == 3.0)
         settings.append(res["setting"])
@@ -85,3 +90,6 @@ def test_calibration_hits_each_target_within_5_percent(setup, method):
     assert sizes == sorted(sizes, reverse=True)
     with pytest.raises(CalibrationError, match="below the smallest reachable"):
         solve(method, dm, 20.0, TOL, params["ruler_niah"])
+    if method == "flexprefill":     # reachable only with min_budget < 64 (the old bisection went down to 1)
+        with pytest.raises(CalibrationError, match="min_budget >= one block of 64"):
+            solve(method, dm, 5.0, TOL, params["ruler_niah"])

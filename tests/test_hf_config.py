@@ -7,7 +7,7 @@ import inspect
 import pytest
 
 from sparse_kernels.registry import (BUDGET_PARAMS, CALIBRATED_BUDGET_PARAMS, METHOD_PARAMS, METHOD_PHASES,
-                                     TASK_PARAM_DEFAULTS, split_method)
+                                     OPT_IN_PARAMS, TASK_PARAM_DEFAULTS, split_method)
 
 
 def test_registry_matches_method_signatures():
@@ -19,9 +19,11 @@ def test_registry_matches_method_signatures():
         sig = inspect.signature(cls.__init__).parameters
         args = set(sig) - {"self"}
         # every constructor argument is either a config hyperparameter, a budget knob or ratio/nominal_length
-        assert args == set(METHOD_PARAMS[name]) | set(BUDGET_PARAMS[name]) | {"ratio", "nominal_length"}, name
+        opt_in = OPT_IN_PARAMS.get(name, {})
+        assert args == set(METHOD_PARAMS[name]) | set(BUDGET_PARAMS[name]) | set(opt_in) | {"ratio", "nominal_length"}
         assert not set(METHOD_PARAMS[name]) & set(BUDGET_PARAMS[name]) - {"min_budget"}
-        for key, default in METHOD_PARAMS[name].items():
+        assert not set(opt_in) & (set(METHOD_PARAMS[name]) | set(BUDGET_PARAMS[name]))
+        for key, default in {**METHOD_PARAMS[name], **opt_in}.items():
             if sig[key].default is not None:               # None = set from the ratio / table in the class
                 assert sig[key].default == default and type(sig[key].default) is type(default), (name, key)
         for key in CALIBRATED_BUDGET_PARAMS.get(name, ()):

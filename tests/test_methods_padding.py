@@ -31,7 +31,7 @@ def trim(x, cnt):
 
 PREFILL = [
     lambda: VerticalSlash(vertical_size=12, slash_size=12, last_q=20, n_sinks=2, n_local=6, block_size=16),
-    lambda: FlexPrefill(alpha=0.6, min_budget=8, last_q=20, n_sinks=2, n_local=6, block_size=16),
+    lambda: FlexPrefill(alpha=0.6, min_budget=16, last_q=20, n_sinks=2, n_local=6, block_size=16),
     lambda: BlockSparse(top_chunks=3),
 ]
 

@@ -156,7 +156,7 @@ def test_flexprefill_gqa7_left_padding_matches_reference():
     dtype = torch.float32
     q, k, v = qkv(2, 7, 1, 100, 16, dtype, seed=23)
     kpm = left_pad_mask(2, 100, (0, 29))
-    sel = FlexPrefill(alpha=0.3, min_budget=6, last_q=32, n_local=8, n_sinks=2).select(q, k, kpm)
+    sel = FlexPrefill(alpha=0.3, min_budget=32, last_q=32, n_local=8, n_sinks=2, block_size=32).select(q, k, kpm)
     out = tx.prefill_attention(q, k, v, sel)
     check(out, reference.prefill_attention(q, k, v, sel), dtype)
     assert torch.all(out[1, :, :29] == 0)

@@ -3,7 +3,8 @@
 Tables (also written as parquet):
 * ``samples``: one row per (cell, sample) — hive keys model/task/length + the score-file columns (method, ratio, …);
 * ``summary``: one row per cell — n (scored samples), failed (samples without a score: NaN/inf logits, see
-  ``status`` in ``samples``), mean score, standard error (sd/sqrt(n), ddof=1), mean sparsity, timings.
+  ``status`` in ``samples``), mean score, standard error (sd/sqrt(n), ddof=1), mean sparsity, timings (and mean
+  recall / oracle recall when the study measures attention recall).
 
 Only the files of the current study are read (an explicit list), so stale cells left in ``results/`` from an
 earlier config never leak into the aggregate.
@@ -28,7 +29,7 @@ SELECT model, task, length, method, ratio, prefill_ratio, decode_ratio,
        avg(output_tokens)                        AS mean_output_tokens,
        avg(prefill_ms)                           AS mean_prefill_ms,
        avg(decode_ms_per_token)                  AS mean_decode_ms_per_token,
-       max(peak_mem_mb)                          AS max_peak_mem_mb
+       max(peak_mem_mb)                          AS max_peak_mem_mb{recall}
 FROM samples
 GROUP BY ALL
 ORDER BY model, task, length, method, ratio, prefill_ratio, decode_ratio
@@ -62,7 +63,10 @@ def aggregate(score_files: list[str], db_path: str, samples_path: str, summary_p
                                                   hive_types = {hive_types}, union_by_name = true)
                     ORDER BY model, task, length, method, ratio, sample_id
                 """)
-                con.execute(f"CREATE TABLE summary AS {SUMMARY_SQL}")
+                columns = {d[0] for d in con.execute("SELECT * FROM samples LIMIT 0").description}
+                recall = (",\n       avg(recall) AS mean_recall, avg(oracle_recall) AS mean_oracle_recall"
+                          if "recall" in columns else "")      # a study with `recall: true`
+                con.execute(f"CREATE TABLE summary AS {SUMMARY_SQL.format(recall=recall)}")
                 counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("samples", "summary")}
                 con.execute("CHECKPOINT")
                 for table, path in (("samples", samples_path), ("summary", summary_path)):

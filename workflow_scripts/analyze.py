@@ -209,3 +209,52 @@ def relative_error(summary_path: str, config: dict, out: str) -> None:
     else:
         df = relative_error_by_length(summary, ratio=s["fixed_ratio"], by=("length", "method"))
     _write(df, out)
+
+
+def _recall_phase(samples):
+    """Name of the sparsified phase of each sample row ("prefill" / "decode"; None for dense and combined)."""
+    import numpy as np
+    import pandas as pd
+
+    pre = (samples["prefill_method"] != "dense").to_numpy()
+    dec = (samples["decode_method"] != "dense").to_numpy()
+    return pd.Series(np.select([pre & ~dec, dec & ~pre], ["prefill", "decode"], None), index=samples.index,
+                     dtype=object)
+
+
+def recall(samples_path: str, out_cells: str, out_layers: str) -> None:
+    """Attention recall (study key ``recall: true``) per cell next to its accuracy, and per layer.
+
+    ``out_cells``: one row per (model, task, length, method, ratio) of a single method (dense included):
+    n, mean score and its standard error, mean realized density, mean recall and oracle recall of the
+    sparsified phase (dense: 1) and their standard errors. ``out_layers``: per cell and layer, the mean recall
+    and oracle recall (over samples; each sample's figure is already a mean over heads and rows / steps)."""
+    import pandas as pd
+
+    keys = ["model", "task", "length", "method", "ratio"]
+    s = _single_method_rows(pd.read_parquet(samples_path))
+    if "recall" not in s.columns:
+        raise ValueError(f"{samples_path} has no recall columns: set `recall: true` in the study")
+    s = s.assign(phase=_recall_phase(s))
+
+    def se(x):
+        return x.std(ddof=1) / len(x) ** 0.5 if len(x) > 1 else 0.0
+
+    cells = (s.groupby(keys, dropna=False)
+             .agg(phase=("phase", "first"), n=("score", "size"), mean=("score", "mean"), se=("score", se),
+                  density=("density", "mean"), recall=("recall", "mean"), recall_se=("recall", se),
+                  oracle_recall=("oracle_recall", "mean"), oracle_recall_se=("oracle_recall", se))
+             .reset_index())
+    rows = []
+    for rec in s[s["phase"].notna()].to_dict("records"):
+        r, o = rec[f"{rec['phase']}_recall_by_layer"], rec[f"{rec['phase']}_oracle_recall_by_layer"]
+        if r is None or o is None:
+            continue
+        for layer, (x, y) in enumerate(zip(r, o)):
+            rows.append({**{k: rec[k] for k in keys}, "phase": rec["phase"], "layer": layer, "recall": x,
+                         "oracle_recall": y})
+    layers = pd.DataFrame(rows, columns=keys + ["phase", "layer", "recall", "oracle_recall"])
+    if not layers.empty:
+        layers = layers.groupby(keys + ["phase", "layer"]).mean().reset_index()
+    _write(cells, out_cells)
+    _write(layers, out_layers)

@@ -25,7 +25,8 @@ statistics stay on the device, where each candidate is evaluated with the method
   tolerance, slashes stay at the largest k below the target and the vertical count alone is bisected upward
   (fine-grained: one column per step). The JSON says which (``refined``);
 * FlexPrefill: bisection over alpha in [0, 1] with ``min_budget`` fixed (paper: 512). When even alpha = 0
-  is too dense (short lengths, high ratios) alpha stays 0 and min_budget is bisected (the paper's own
+  is too dense (short lengths, high ratios) alpha stays 0 and min_budget is bisected, never below one block
+  (block_size, 64: the method refuses smaller values, whose official behaviour is not reproduced) (the paper's own
   high-compression points are alpha = 0 with min_budget = the V-S count); if that misses, alpha is bisected
   again on top of the largest min_budget below the target;
 * a target below the smallest reachable density (the forced sinks and local window) or outside the tolerance
@@ -184,23 +185,27 @@ def solve_vertical_slash(dm: DensityModel, ratio: float, tol: float) -> dict:
 
 
 def solve_flexprefill(dm: DensityModel, ratio: float, tol: float, min_budget: int) -> dict:
+    """alpha with ``min_budget`` fixed, else alpha 0 and min_budget bisected down to one block (``block_size``,
+    64), never below it (the method refuses it)."""
     target = 1.0 / ratio
     n = dm.max_length
-    mb = min(int(min_budget), n)
+    floor = min(int(next(iter(dm.params.values())).get("block_size", 64)), n)
+    mb = max(min(int(min_budget), n), floor)
     h0 = dm(alpha=0.0, min_budget=mb)
     refined = False
     if h0 <= target * (1 + tol):
         a = _bisect_float(lambda x: dm(alpha=x, min_budget=mb), target, 0.0, 1.0, tol)
         setting = {"alpha": a, "min_budget": mb}
     else:
-        low = dm(alpha=0.0, min_budget=1)
+        low = dm(alpha=0.0, min_budget=floor)
         if target < low * (1 - tol):
             raise CalibrationError(f"flexprefill: ratio {ratio:g} needs density {target:.4f}, below the smallest "
-                                   f"reachable {low:.4f} at this length (forced sinks / local diagonals)")
+                                   f"reachable {low:.4f} at this length (forced sinks / local diagonals, "
+                                   f"min_budget >= one block of {floor})")
         f = lambda m: dm(alpha=0.0, min_budget=m)  # noqa: E731
-        m, m_below = _nearest_int(f, target, 1, mb)
+        m, m_below = _nearest_int(f, target, floor, mb)
         setting = {"alpha": 0.0, "min_budget": m}
-        if not _ok(f(m), target, tol) and m_below >= 1:
+        if not _ok(f(m), target, tol) and m_below >= floor:
             a = _bisect_float(lambda x: dm(alpha=x, min_budget=m_below), target, 0.0, 1.0, tol)
             if abs(dm(alpha=a, min_budget=m_below) - target) < abs(f(m) - target):
                 setting, refined = {"alpha": a, "min_budget": m_below}, True
@@ -265,7 +270,8 @@ def run_solve(spec: dict, data_paths: list[str], out_path: str) -> dict:
         if method == "flexprefill":
             p.pop("min_budget", None)
         probes[t] = build_one(method, 2.0, p, None, calibrated=(
-            {"vertical_size": 1, "slash_size": 1} if method == "vertical_slash" else {"alpha": 0.0, "min_budget": 1}))
+            {"vertical_size": 1, "slash_size": 1} if method == "vertical_slash"
+            else {"alpha": 0.0, "min_budget": int(p.get("block_size", 64))}))
     # on a GPU the statistics stay there and every candidate budget is evaluated with the methods' GPU selection
     scores = collect_scores(model, prompts, probes, on_device=device.type == "cuda")
     t_scores = time.perf_counter() - t0

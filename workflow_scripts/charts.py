@@ -145,3 +145,72 @@ def _empty_chart(message: str, html_path: str, png_path: str) -> None:
     chart = alt.Chart(pd.DataFrame({"msg": [message]})).mark_text(size=14).encode(text="msg:N").properties(
         width=500, height=60, title=message)
     save_chart(chart, html_path, png_path)
+
+
+def pick_recall_cell(layers, choice: dict | None = None) -> dict | None:
+    """The (model, task, length, ratio) whose per-layer recall the recall chart draws: ``choice`` (the study's
+    ``analysis.recall_cell``, any subset of those keys) narrows the cells; then the longest length, the first
+    model and task, and the ratio most methods share (the largest on ties)."""
+    df = layers
+    for key, value in (choice or {}).items():
+        df = df[df[key] == value]
+    if df.empty:
+        return None
+    df = df[df["length"] == df["length"].max()]
+    df = df[df["model"] == sorted(df["model"].unique())[0]]
+    df = df[df["task"] == sorted(df["task"].unique())[0]]
+    counts = df.groupby("ratio")["method"].nunique().reset_index()
+    best = counts.sort_values(["method", "ratio"], ascending=False).iloc[0]
+    row = df.iloc[0]
+    return {"model": row["model"], "task": row["task"], "length": int(row["length"]), "ratio": float(best["ratio"])}
+
+
+def recall_chart(cells_path: str, layers_path: str, html_path: str, png_path: str, choice: dict | None = None) -> None:
+    """Attention recall next to accuracy: per (model, task, length) a panel of recall (solid) and oracle recall
+    of equal budget (dashed) vs compression per method, the mean score beside it; below, recall per layer for
+    one cell (:func:`pick_recall_cell`)."""
+    import altair as alt
+    import pandas as pd
+
+    cells = pd.read_parquet(cells_path)
+    layers = pd.read_parquet(layers_path)
+    if cells.empty or cells["method"].eq("dense").all():
+        return _empty_chart("attention recall: no sparse method in this study", html_path, png_path)
+    cells = with_dense_anchor(cells)
+    cells["cell"] = cells["model"] + " · " + cells["task"] + " · " + cells["length"].astype(str)
+    long = pd.concat([cells.assign(measure="method", value=cells["recall"]),
+                      cells.assign(measure="oracle (equal budget)", value=cells["oracle_recall"])])
+    x = alt.X("ratio:Q", scale=alt.Scale(type="log"), title="compression ratio (log)")
+    color = alt.Color("method:N", title="method")
+    # (the dash needs no legend: the chart title says solid = method, dashed = oracle)
+    dash = alt.StrokeDash("measure:N", legend=None,
+                          scale=alt.Scale(domain=["method", "oracle (equal budget)"], range=[[1, 0], [5, 3]]))
+    rows = []
+    for cell in sorted(cells["cell"].unique()):
+        rec = alt.Chart(long[long["cell"] == cell]).mark_line(point=True).encode(
+            x=x, y=alt.Y("value:Q", scale=alt.Scale(domain=[0, 1]), title="dense mass kept"), color=color,
+            strokeDash=dash, tooltip=["method", "ratio", "measure", alt.Tooltip("value:Q", format=".3f")],
+        ).properties(width=220, height=140, title=f"{cell}: attention recall")
+        acc = alt.Chart(cells[cells["cell"] == cell]).mark_line(point=True).encode(
+            x=x, y=alt.Y("mean:Q", scale=alt.Scale(domain=[0, 1]), title="mean score"), color=color,
+            tooltip=["method", "ratio", "n", alt.Tooltip("mean:Q", format=".3f")],
+        ).properties(width=220, height=140, title=f"{cell}: accuracy")
+        rows.append(alt.hconcat(rec, acc))
+    top = alt.vconcat(*rows)
+    pick = pick_recall_cell(layers, choice)
+    if pick is None:
+        return save_chart(top.properties(title="Attention recall vs compression, next to accuracy"), html_path,
+                          png_path)
+    one = layers[(layers["model"] == pick["model"]) & (layers["task"] == pick["task"])
+                 & (layers["length"] == pick["length"]) & ((layers["ratio"] - pick["ratio"]).abs() < 1e-9)]
+    one_long = pd.concat([one.assign(measure="method", value=one["recall"]),
+                          one.assign(measure="oracle (equal budget)", value=one["oracle_recall"])])
+    per_layer = alt.Chart(one_long).mark_line(point=True).encode(
+        x=alt.X("layer:O", title="layer"),
+        y=alt.Y("value:Q", scale=alt.Scale(domain=[0, 1]), title="attention recall"), color=color, strokeDash=dash,
+        tooltip=["method", "layer", "measure", alt.Tooltip("value:Q", format=".3f")],
+    ).properties(width=460, height=180, title=f"per layer: {pick['model']} · {pick['task']} · {pick['length']} "
+                                               f"tokens · {pick['ratio']:g}×")
+    chart = alt.vconcat(top, per_layer).properties(
+        title="Attention recall (solid: the method's selection; dashed: oracle of equal budget) next to accuracy")
+    save_chart(chart, html_path, png_path)

@@ -53,7 +53,7 @@ AGG_SUMMARY = RESULTS + "/aggregate/summary.parquet"
 MODEL_DEFAULTS = {"dtype": "bfloat16", "device": "auto", "chat_template": True}
 TOP_DEFAULTS = {"seed": 43, "samples": 100, "shard_size": 25, "prompt_mode": "cot", "max_new_tokens": 1024,
                 "batch_size": 1, "task_params": {},
-                "datasets_dir": "datasets", "executor": "auto", "calibration": {},
+                "datasets_dir": "datasets", "executor": "auto", "calibration": {}, "recall": False,
                 "model_server": {}}   # model loads per job: workflow_scripts/server_plan.py
 CALIBRATION_DEFAULTS = {"samples": 2, "tolerance": 0.05}
 # Limits on what a study may ask for, checked before Snakemake builds its DAG (far above the paper's grid: ~32,000
@@ -395,6 +395,14 @@ class Study:
             self._check_method(m, entry or {})
         if c["prompt_mode"] not in PROMPT_MODES:
             raise ConfigError(f"prompt_mode: must be one of {PROMPT_MODES}")
+        cell = (c.get("analysis") or {}).get("recall_cell")
+        if cell is not None:
+            if not c["recall"]:
+                raise ConfigError("analysis.recall_cell: only used with `recall: true`; set it or remove the key")
+            for key, known in (("model", c["models"]), ("task", c["tasks"]), ("length", c["lengths"])):
+                if key in cell and cell[key] not in known:
+                    raise ConfigError(f"analysis.recall_cell.{key}: {cell[key]!r} is not one of the study's "
+                                      f"{key}s ({', '.join(map(str, known))})")
 
     def _check_method(self, m: str, entry: dict) -> None:
         key = f"methods.{m}"
@@ -440,13 +448,19 @@ class Study:
                 raise ConfigError(f"{key}.params.{k}: dense has no hyperparameters")
             for k, msg in param_errors(m, params):
                 raise ConfigError(f"{key}.params.{k}: {msg}")
+        pre_params = (params.get(pre) or {}) if combined else params
+        if pre == "flexprefill":
+            hp = resolve_params(pre, pre_params)
+            if hp["min_budget"] < hp["block_size"]:
+                raise ConfigError(f"{key}.params{'.' + pre if combined else ''}.min_budget: must be at least one block "
+                                  f"(block_size = {hp['block_size']}; the official FlexPrefill code's behaviour below "
+                                  f"it is not reproduced), got {hp['min_budget']}")
         # calibration
         calibrate = entry.get("calibrate")
         if calibrate is not None and pre not in calibratable():
             raise ConfigError(f"{key}.calibrate: only {', '.join(calibratable())} (or combinations with them) are "
                               "calibrated; remove the key")
         if pre in calibratable() and calibrate is False:
-            pre_params = params.get(pre, {}) if combined else params
             for k in get(pre).calibration_only:
                 if k in pre_params:
                     raise ConfigError(f"{key}.params{'.' + pre if combined else ''}.{k}: with calibrate: false "
@@ -774,6 +788,8 @@ class Study:
             "batch_size": self.cfg["batch_size"],
             "samples": [start, stop],
             "shard": shard,
+            # only when on: a study without it keeps the params (and results) it had before the key existed
+            **({"recall": True} if self.cfg["recall"] else {}),
         }
 
     def score_params(self, task: str) -> dict:

@@ -25,6 +25,15 @@ Sparsity columns (per sample; averaged over layers and heads, and for decode-sid
   which have two (use the phase columns);
 * ``prefill_method`` / ``prefill_ratio`` / ``decode_method`` / ``decode_ratio``: the cell's method per phase
   ("dense", 1.0 where the phase is dense) — numeric keys for combined cells.
+
+Attention recall columns (only when the study sets ``recall: true``; ``sparse_kernels/recall.py``): the share of
+the dense attention probability mass the method's selection keeps, and the same for the oracle selection of
+equal budget — ``prefill_recall`` / ``prefill_oracle_recall`` (mean over layers, heads and query rows),
+``decode_recall`` / ``decode_oracle_recall`` (mean over layers, heads and decode steps), 1 for a dense phase
+(null for a decode-side method when the sample had no decode step); ``recall`` / ``oracle_recall`` those of the
+sparsified phase (dense: 1; null for combined cells); ``*_recall_by_layer`` lists (mean over heads) per phase
+(null for a dense phase). Measuring needs the session's per-layer hook, so these cells decode on the regular
+path (no static decode / CUDA graph) and their timings are not comparable with cells without recall.
 """
 
 from __future__ import annotations
@@ -129,7 +138,7 @@ def budget_summary(method) -> dict | None:
         return None
     keep = ("ratio", "nominal_length", "vertical_size", "slash_size", "alpha", "min_budget", "top_chunks",
             "token_capacity", "token_budget", "last_q", "window", "page_size", "share_pages", "block_size",
-            "min_head_ratio", "kernel_size", "local_window", "n_sinks", "n_local")
+            "min_head_ratio", "kernel_size", "local_window", "n_sinks", "n_local", "bf16_probs")
     return {"name": method.name, **{k: getattr(method, k) for k in keep if hasattr(method, k)}}
 
 
@@ -177,6 +186,29 @@ def peak_memory_mb(device, cuda_devices=()) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB (peak since process start)
 
 
+RECALL_COLUMNS = ("recall", "oracle_recall", "prefill_recall", "prefill_oracle_recall", "decode_recall",
+                  "decode_oracle_recall", "prefill_recall_by_layer", "prefill_oracle_recall_by_layer",
+                  "decode_recall_by_layer", "decode_oracle_recall_by_layer")
+
+
+def recall_columns(rows: list[dict], sparse_prefill: bool, sparse_decode: bool) -> list[dict]:
+    """The result columns (RECALL_COLUMNS) of RecallRecorder rows: a dense phase keeps everything (recall 1,
+    no per-layer list); ``recall`` / ``oracle_recall`` are the sparsified phase's (dense: 1, combined: null)."""
+    out = []
+    for row in rows:
+        row = dict(row)
+        for phase, sparse in (("prefill", sparse_prefill), ("decode", sparse_decode)):
+            if not sparse:
+                row.update({f"{phase}_recall": 1.0, f"{phase}_oracle_recall": 1.0})
+        if sparse_prefill and sparse_decode:
+            row["recall"] = row["oracle_recall"] = None
+        else:
+            phase = "prefill" if sparse_prefill else "decode"
+            row["recall"], row["oracle_recall"] = row[f"{phase}_recall"], row[f"{phase}_oracle_recall"]
+        out.append({c: row.get(c) for c in RECALL_COLUMNS})
+    return out
+
+
 def run(cell: dict, data_path: str, out_path: str, threads: int = 1, loaded: LoadedModel | None = None,
         metadata: dict | None = None) -> None:
     """Run one cell shard and write its parquet. ``loaded``: a model loaded earlier (by a model server) for
@@ -218,7 +250,13 @@ def run(cell: dict, data_path: str, out_path: str, threads: int = 1, loaded: Loa
                "calibration": calibration and {k: calibration[k] for k in
                                                ("setting", "density", "target_density", "relative_error")}}
     print(f"methods: {budgets}", flush=True)
-    session = SparseSession(prefill, decode, executor=cell.get("executor", "auto"))
+    recorder = None
+    if cell.get("recall"):
+        from sparse_kernels.recall import RecallRecorder
+
+        recorder = RecallRecorder()
+    session = SparseSession(prefill, decode, executor=cell.get("executor", "auto"),
+                            hooks=[recorder] if recorder else None)
     single_phase = None
     if (prefill is None) != (decode is None):
         single_phase = "prefill" if prefill is not None else "decode"
@@ -244,8 +282,12 @@ def run(cell: dict, data_path: str, out_path: str, threads: int = 1, loaded: Loa
         for b in range(0, len(rows), bs):
             batch = rows[b:b + bs]
             prompts = [tokenizer(r["prompt"], add_special_tokens=False)["input_ids"] for r in batch]
+            if recorder:
+                recorder.reset()
             gen = greedy_generate(model, prompts, cell["max_new_tokens"], eos, pad, session=session)
-            for r, p, toks, why, st in zip(batch, prompts, gen.tokens, gen.stop, gen.extras["stats"]):
+            recalls = (recall_columns(recorder.rows(len(batch)), prefill is not None, decode is not None)
+                       if recorder else [{}] * len(batch))
+            for r, p, toks, why, st, rc in zip(batch, prompts, gen.tokens, gen.stop, gen.extras["stats"], recalls):
                 if single_phase is None and prefill is None:           # dense
                     sparsity, density = 0.0, 1.0
                 elif single_phase is None:                             # combined: two phases, see columns
@@ -275,6 +317,7 @@ def run(cell: dict, data_path: str, out_path: str, threads: int = 1, loaded: Loa
                     "decode_ms_per_token": gen.decode_s * 1e3 / gen.decode_steps if gen.decode_steps else None,
                     "batch_size": len(batch),
                     "peak_mem_mb": peak_memory_mb(device, cuda_devices),
+                    **rc,
                 })
             bar.update(len(batch))
     n_failed = sum(r["status"] != "ok" for r in out_rows)
@@ -292,6 +335,8 @@ def run(cell: dict, data_path: str, out_path: str, threads: int = 1, loaded: Loa
         ("prefill_method", pa.string()), ("prefill_ratio", pa.float64()), ("decode_method", pa.string()),
         ("decode_ratio", pa.float64()), ("prefill_sparsity", pa.float64()), ("prefill_density", pa.float64()),
         ("decode_sparsity", pa.float64()), ("decode_density", pa.float64()),
+        *([(c, pa.list_(pa.float64()) if c.endswith("_by_layer") else pa.float64()) for c in RECALL_COLUMNS]
+          if recorder else []),
     ])
     write_parquet(pa.Table.from_pylist(out_rows, schema=schema), out_path,
                   {"cell": cell, "device": str(device), "model_load_s": load_s, "budgets": budgets,

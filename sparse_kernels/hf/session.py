@@ -240,6 +240,7 @@ class AttentionEvent:
     cache: LayerCache | None = None
     mask: torch.Tensor | None = None
     step: int = 0
+    active: torch.Tensor | None = None   # decode: [B] bool (CPU), rows still generating at this step
 
 
 @dataclass
@@ -417,7 +418,7 @@ class SparseSession:
                 st.decode_count += act
         if self.hooks:
             self._emit(AttentionEvent(layer, "decode", q, k, v, out, scale, selection=qsel, cache=cache, mask=mask,
-                                      step=self.step))
+                                      step=self.step, active=self._active))
         return out
 
     # ------------------------------------------------------------------ static decode (fast decode path)

@@ -24,14 +24,15 @@ class FlexPrefill(_VSBase):
 
     Budget: explicit ``alpha`` / ``min_budget`` (config defaults 0.65 / 512), or ``ratio`` +
     ``nominal_length`` looked up in the paper's table (:func:`budgets.paper_flexprefill`).
-    ``ratio == 1`` selects everything."""
+    ``ratio == 1`` selects everything. A ``min_budget`` below one block (``block_size``, 64) is refused: the
+    official code's behaviour there is not reproduced (the paper's tables never go below 164)."""
 
     name = "flexprefill"
 
     def __init__(self, ratio: float | None = None, nominal_length: int | None = None,
                  alpha: float | None = None, min_budget: int | None = None, last_q: int = 512,
-                 n_sinks: int = 4, n_local: int = 64, block_size: int = 64):
-        super().__init__(last_q, n_sinks, n_local, block_size)
+                 n_sinks: int = 4, n_local: int = 64, block_size: int = 64, bf16_probs: bool = False):
+        super().__init__(last_q, n_sinks, n_local, block_size, bf16_probs)
         self.ratio = check_ratio(ratio)
         self.nominal_length = nominal_length
         if self.ratio is not None and (alpha is not None or min_budget is not None):
@@ -43,6 +44,9 @@ class FlexPrefill(_VSBase):
         elif self.ratio is None:
             self.alpha = 0.65 if alpha is None else float(alpha)
             self.min_budget = 512 if min_budget is None else int(min_budget)
+        if self.min_budget is not None and self.min_budget < self.block_size:
+            raise ValueError(f"FlexPrefill min_budget must be at least one block ({self.block_size} tokens; the "
+                             f"official code's behaviour below it is not reproduced), got {self.min_budget}")
 
     def params(self, n: int) -> tuple[float, int]:
         """(alpha, min_budget) for a row of real length n."""

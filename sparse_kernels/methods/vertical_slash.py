@@ -20,7 +20,10 @@ class _VSBase:
     phase = PHASE_PREFILL
     name = "?"
 
-    def __init__(self, last_q: int, n_sinks: int, n_local: int, block_size: int):
+    def __init__(self, last_q: int, n_sinks: int, n_local: int, block_size: int, bf16_probs: bool = False):
+        # bf16_probs: round the window's softmax probabilities to bfloat16 before pooling them into vertical /
+        # slash scores, as the official code does with a bf16 model (default: fp32, the exact statistics)
+        self.bf16_probs = bool(bf16_probs)
         self.last_q = int(last_q)
         self.n_sinks = int(n_sinks)
         self.n_local = int(n_local)
@@ -120,6 +123,8 @@ class _VSBase:
         vs, ss = [], []
         for j in range(G):
             p = window_probs(qr[j * g:(j + 1) * g], kr[j:j + 1], self.last_q, scale)
+            if self.bf16_probs:
+                p = p.to(torch.bfloat16).float()
             a, c = self._scores(p)
             vs.append(a)
             ss.append(c)
@@ -157,8 +162,8 @@ class VerticalSlash(_VSBase):
 
     def __init__(self, ratio: float | None = None, nominal_length: int | None = None,
                  vertical_size: int | None = None, slash_size: int | None = None, last_q: int = 256,
-                 n_sinks: int = 4, n_local: int = 64, block_size: int = 64):
-        super().__init__(last_q, n_sinks, n_local, block_size)
+                 n_sinks: int = 4, n_local: int = 64, block_size: int = 64, bf16_probs: bool = False):
+        super().__init__(last_q, n_sinks, n_local, block_size, bf16_probs)
         self.ratio = check_ratio(ratio)
         self.nominal_length = nominal_length
         if self.ratio is not None and (vertical_size is not None or slash_size is not None):
@@ -198,5 +203,5 @@ class VerticalSlash(_VSBase):
         """Mean block-granular density (1 - paper sparsity) with ``count`` verticals = slashes: the
         quantity a calibration step drives to 1/ratio (see budgets.search_k_for_density)."""
         probe = VerticalSlash(vertical_size=count, slash_size=count, last_q=self.last_q, n_sinks=self.n_sinks,
-                              n_local=self.n_local, block_size=self.block_size)
+                              n_local=self.n_local, block_size=self.block_size, bf16_probs=self.bf16_probs)
         return float(1.0 - probe.select(q, k, key_padding_mask, scale).paper_sparsity.mean())

@@ -59,6 +59,8 @@ def _vs_class(base):
         """``base`` with the estimation and the block index on the GPU (see module docstring)."""
 
         def _row_scores(self, qr, kr, scale):
+            if self.bf16_probs:     # the fused sums keep fp32 probabilities: the rounded ones in torch (same device)
+                return super()._row_scores(qr, kr, scale)
             from .snapkv import vs_window_sums
 
             vsum, dsum = vs_window_sums(qr, kr, self.last_q, scale)

@@ -12,10 +12,14 @@ alphabetically, unless ``reference_task`` is given.
 Fit: binomial / fractional-logit maximum likelihood,
     maximise sum_cells n [y log p + (1 - y) log(1 - p)],
 with y the cell's mean score (in [0, 1]) and n its sample count, by Newton trust-region
-(``scipy.optimize.minimize(method="trust-exact")``) on standardised regressors, plus a tiny
+(``scipy.optimize.minimize(method="trust-exact")``) on standardised regressors, without any
+penalty: a fixed ridge biased weakly identified task offsets (by up to one standard error on
+noiseless data). Only when that problem is singular — no finite maximum (a task at a 0 % or
+100 % ceiling, NIAH, drives its delta to infinity: the Hessian at the solver's end point is
+numerically singular), a rank-deficient design, or no convergence — is it refitted with a tiny
 ridge (default 1e-6 per unit of average log-likelihood) on every coefficient except the
-intercept so that tasks at a 100 % ceiling (NIAH) give a large finite delta instead of
-diverging.
+intercept, which gives the ceiling task a large finite delta; ``ScalingFit.ridge`` records
+the ridge the fit used (0 when none).
 
 Validation: for each axis in (length, model_size, compression) hold out the cells at the
 axis' largest value, fit on the rest, predict the held-out cells, and report on the held-out
@@ -111,6 +115,7 @@ class ScalingFit:
     loglik: float = float("nan")
     converged: bool = False
     message: str = ""
+    ridge: float = 0.0          # the ridge the fit used: 0 unless the unpenalised problem was singular
     extra: dict = field(default_factory=dict, repr=False)
 
     def linear_predictor(self, cells):
@@ -147,10 +152,15 @@ def _design(cells, tasks: Sequence[str], reference: str):
     return X, D, others
 
 
+SINGULAR_RCOND = 1e-9   # smallest / largest Hessian eigenvalue below which the unpenalised fit is singular
+
+
 def fit_scaling_law(cells, *, reference_task: str | None = None, ridge: float = 1e-6,
                     phase: str = "") -> ScalingFit:
     """Fit the logistic scaling law to ``cells`` (columns task, n_params, length, ratio, n,
-    mean; extra columns ignored).  Raises ValueError if an axis has < 2 distinct values."""
+    mean; extra columns ignored).  Raises ValueError if an axis has < 2 distinct values.
+    Unpenalised maximum likelihood; ``ridge`` is added only when that problem is singular
+    (module docstring)."""
     import numpy as np
     from scipy.optimize import minimize
     from scipy.special import expit
@@ -166,8 +176,7 @@ def fit_scaling_law(cells, *, reference_task: str | None = None, ridge: float = 
     y = cells["mean"].to_numpy(float)
     w = cells["n"].to_numpy(float)
     W = w.sum()
-    pen = np.full(Z.shape[1], ridge)
-    pen[0] = 0.0
+    pen = np.zeros(Z.shape[1])
 
     def f(theta):
         eta = Z @ theta
@@ -185,8 +194,21 @@ def fit_scaling_law(cells, *, reference_task: str | None = None, ridge: float = 
     theta0 = np.zeros(Z.shape[1])
     ybar = np.clip(np.sum(w * y) / W, 1e-6, 1 - 1e-6)
     theta0[0] = np.log(ybar / (1 - ybar))
-    res = minimize(f, theta0, jac=grad, hess=hess, method="trust-exact",
-                   options={"gtol": 1e-10, "maxiter": 1000})
+
+    def solve():
+        return minimize(f, theta0, jac=grad, hess=hess, method="trust-exact", options={"gtol": 1e-10, "maxiter": 1000})
+
+    res = None
+    if np.linalg.matrix_rank(Z) == Z.shape[1]:
+        res = solve()
+        eig = np.linalg.eigvalsh(hess(res.x)) if np.all(np.isfinite(res.x)) else np.zeros(1)
+        if not res.success or eig.min() <= SINGULAR_RCOND * max(eig.max(), 1e-300):
+            res = None
+    used = 0.0
+    if res is None:                     # singular: no finite maximum (ceiling task) or rank-deficient design
+        used = float(ridge)
+        pen[1:] = used
+        res = solve()
     th = res.x
     slopes = th[1:4] / sd
     intercept = th[0] - np.sum(slopes * mu)
@@ -197,7 +219,7 @@ def fit_scaling_law(cells, *, reference_task: str | None = None, ridge: float = 
     loglik = -(f(th) - 0.5 * np.sum(pen * th * th)) * W
     return ScalingFit(coef=coef, tasks=tasks, reference_task=ref, phase=phase,
                       n_cells=len(cells), n_samples=float(W), loglik=float(loglik),
-                      converged=bool(res.success), message=str(res.message))
+                      converged=bool(res.success), message=str(res.message), ridge=used)
 
 
 def scaling_cells(summary, n_params: Mapping[str, float], phase: str,
