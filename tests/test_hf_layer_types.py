@@ -223,3 +223,58 @@ def test_windowed_attention_and_softcap_equal_brute_force():
             assert float(out[b, :, :o].abs().sum()) == 0.0
     assert math.isfinite(float(out.sum()))
 
+
+
+# ------------------------------------------------------------------------------ validation and the workflow
+@pytest.mark.parametrize("change, feature", [
+    ({"model_type": "gpt_oss"}, "attention sinks"),
+    ({"layer_types": ["sliding_attention", "chunked_attention", "full_attention"]}, "chunked_attention"),
+    ({"attention_chunk_size": 8192}, "chunked attention"),
+    ({"kv_lora_rank": 512}, "multi-head latent attention"),
+    ({"is_encoder_decoder": True}, "encoder-decoder"),
+])
+def test_unsupported_feature_fails_validation_naming_model_and_feature(tiny_model, tmp_path, change, feature):
+    import json
+    import shutil
+
+    from workflow_scripts.config import ConfigError, Study
+
+    model = tmp_path / "odd"
+    shutil.copytree(tiny_model, model)
+    cfg = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**cfg, **change}))
+    study = {"models": {"odd": {"path": str(model)}}, "tasks": ["ruler_niah"], "lengths": [1024],
+             "methods": {"dense": {}}}
+    with pytest.raises(ConfigError, match=rf"models\.odd: .*{feature}"):
+        Study(study)
+    study["models"]["odd"]["path"] = str(tiny_model)
+    Study(study)          # the unchanged checkpoint is accepted
+
+
+def test_gemma3_one_cell_per_phase_through_the_workflow(workflow, tmp_path):
+    """A tiny Gemma 3 (window 256 on 2 of 3 layers, QK-norm, head_dim 256, MQA) through Snakemake at 1K:
+    dense and one method per phase; the results record that the methods ran on layer 2 only."""
+    import pyarrow.parquet as pq
+
+    from workflow_scripts.io import read_metadata
+    from workflow_scripts.tiny_model import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "gemma3", layers=3, family="gemma3", window=256)
+    methods = {"block_sparse": "prefill", "snapkv": "decode", "quest": "decode"}
+    workflow.write_config({
+        "seed": 43, "samples": 1, "shard_size": 1, "prompt_mode": "direct", "max_new_tokens": 3,
+        "executor": "torch", "models": {"g3": {"path": str(model), "dtype": "float32", "device": "cpu"}},
+        "tasks": ["ruler_niah"], "lengths": [1024],
+        "methods": {"dense": {}, **{m: {"ratios": [4]} for m in methods}}})
+    workflow.run("results/aggregate/summary.parquet")
+    cell = "results/predictions/model=g3/task=ruler_niah/length=1024/method={m}/ratio={r}/shard=0/part.parquet"
+    dense = workflow.path(cell.format(m="dense", r=1))
+    assert read_metadata(dense)["layers"] == {"layers": 3, "sparse_layers": [], "window_layers": [0, 1],
+                                              "window": [256], "softcap_layers": []}
+    for m, phase in methods.items():
+        path = workflow.path(cell.format(m=m, r=4))
+        rep = read_metadata(path)["layers"]
+        assert rep["sparse_layers"] == [2] and rep["window_layers"] == [0, 1]
+        row = pq.read_table(path).to_pylist()[0]
+        assert row["input_tokens"] > 900
+        assert 0.6 < row[f"{phase}_sparsity"] < 0.95 and row[f"{phase}_density"] < 0.5, (m, row)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sparse_kernels import budgets
+from sparse_kernels.hf.support import check_checkpoint
 from sparse_kernels.registry import (CALIBRATABLE, COMBINE_SEP, components, is_combined, param_errors,
                                      resolve_params, split_method)
 from workflow_scripts.tasks import PROMPT_MODES, TASKS, load_task_class
@@ -262,6 +263,10 @@ class Study:
                     raise ConfigError(f"{key}.path: model directory {m['path']!r} does not exist")
                 if not (path / "config.json").is_file():
                     raise ConfigError(f"{key}.path: {m['path']!r} has no config.json (not a HF checkpoint)")
+                lacking = check_checkpoint(path)
+                if lacking:
+                    raise ConfigError(f"{key}: {m['path']!r} uses attention features the sparse session does not "
+                                      f"implement: {'; '.join(lacking)}")
             tok = m.get("tokenizer")
             if tok is not None:
                 if not has_tokenizer_files(self.workdir / tok):

@@ -285,6 +285,7 @@ def run(cell: dict, data_path: str, out_path: str, threads: int = 1, loaded: Loa
     write_parquet(pa.Table.from_pylist(out_rows, schema=schema), out_path,
                   {"cell": cell, "device": str(device), "model_load_s": load_s, "budgets": budgets,
                    "executor": session.executor.name if session.executor else None, "provenance": provenance(),
+                   "layers": session.layer_report(),
                    **(metadata or {})})
     print(f"wrote {len(out_rows)} rows to {out_path}")
 
