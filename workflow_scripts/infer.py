@@ -253,7 +253,8 @@ def run(cell: dict, data_path: str, out_path: str, threads: int = 1, loaded: Loa
                     sparsity, density = st[f"{single_phase}_sparsity"], st[f"{single_phase}_density"]
                 out_rows.append({
                     "sample_id": r["sample_id"],
-                    "prediction": tokenizer.decode(toks, skip_special_tokens=True),
+                    # (the answer prefill ends the prompt: the answer is the prefill + what the model wrote)
+                    "prediction": cell.get("answer_prefill", "") + tokenizer.decode(toks, skip_special_tokens=True),
                     "input_tokens": len(p),
                     "output_tokens": len(toks),
                     "stop_reason": why,
