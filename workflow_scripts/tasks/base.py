@@ -15,6 +15,7 @@ import os
 import random
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .prompt import PromptSpec, render
@@ -51,8 +52,13 @@ def wants_bos(tokenizer, chat_template_used: bool) -> bool:
     (``add_bos_token``, e.g. Gemma and Llama tokenizers) and no chat template is applied (a template that
     wants BOS writes it itself). Prompts are tokenised with ``add_special_tokens=False`` everywhere, so the
     BOS must be part of the text."""
-    return bool(not chat_template_used and getattr(tokenizer, "add_bos_token", False)
-                and getattr(tokenizer, "bos_token", None))
+    if chat_template_used or not getattr(tokenizer, "bos_token", None):
+        return False
+    if getattr(tokenizer, "add_bos_token", False):
+        return True
+    # some tokenizer classes (e.g. Qwen2Tokenizer) drop the key: read the folder's tokenizer_config.json
+    cfg = Path(str(getattr(tokenizer, "name_or_path", ""))) / "tokenizer_config.json"
+    return cfg.is_file() and json.loads(cfg.read_text()).get("add_bos_token") is True
 
 
 class Renderer:
