@@ -149,6 +149,7 @@ def _window_hook(records, layer_windows, softcap):
     """Hook comparing every prefill output of a window layer with brute force (window + cap + padding)."""
     def hook(ev):
         w = layer_windows.get(ev.layer)
+        assert ev.sparse == (w is None)          # what calibration's score collection filters on
         if ev.phase != "prefill" or w is None:
             return
         B, H, L, _ = ev.q.shape
@@ -199,6 +200,16 @@ def test_every_method_runs_on_full_layers_only(family, method):
     for a, b in zip(out.extras["stats"], out2.extras["stats"]):
         for k in ("prefill_sparsity", "decode_sparsity", "decode_density"):
             assert a[k] == pytest.approx(b[k], abs=1e-9), k
+
+
+def test_calibration_scores_come_from_full_attention_layers_only(family):
+    from workflow_scripts.calibrate import collect_scores
+
+    name, eager, sparse, _ = family
+    method = make_session("vertical_slash", 4, {"vertical_slash": PARAMS["vertical_slash"]}, nominal_length=90,
+                          calibrated=BUDGETS["vertical_slash"]).prefill_method
+    rows = collect_scores(sparse, {"t": _prompts()}, {"t": method})["t"]
+    assert len(rows) == len(LENGTHS) * len(_full_layers(eager))
 
 
 def test_windowed_attention_and_softcap_equal_brute_force():

@@ -251,6 +251,7 @@ class AttentionEvent:
     cache: LayerCache | None = None
     mask: torch.Tensor | None = None
     step: int = 0
+    sparse: bool = True      # the methods apply to this layer (False: a sliding-window layer, docs/methods.md)
 
 
 @dataclass
@@ -312,6 +313,7 @@ class SparseSession:
         self.quest_states: dict[int, Any] = {}
         self.layer_kinds: dict[int, LayerKind] = {}     # every layer seen (kept across batches)
         self.sparse_layers: set[int] = set()            # layers the methods ran on in the last batch
+        self._windows: dict[int, int | None] = {}       # effective window per layer in the last batch
         self.step = 0
         self._static: _StaticDecode | None = None
 
@@ -431,7 +433,7 @@ class SparseSession:
                 self.quest_states[layer] = dm.init_state(k, kpm)
         if self.hooks:
             self._emit(AttentionEvent(layer, "prefill", q, k, v, out, scale, selection=sel, kv_selection=ksel,
-                                      cache=self.caches[layer]))
+                                      cache=self.caches[layer], sparse=sparse))
         return out
 
     def _attend_masked(self, q, K, V, mask, scale, softcap):
@@ -471,7 +473,7 @@ class SparseSession:
                 st.decode_count += act
         if self.hooks:
             self._emit(AttentionEvent(layer, "decode", q, k, v, out, scale, selection=qsel, cache=cache, mask=mask,
-                                      step=self.step))
+                                      step=self.step, sparse=layer in self.sparse_layers))
         return out
 
     # ------------------------------------------------------------------ static decode (fast decode path)
