@@ -1,7 +1,6 @@
 # Models the workflow builds itself (`build:` or `gguf:` in a model entry). User checkpoints are used in place.
 import json
 
-
 BUILD_TARGETS = STUDY.build_targets()
 TINY_TARGETS = [p for p, b in BUILD_TARGETS.items() if b == "tiny_random"]
 GGUF_TARGETS = [p for p, b in BUILD_TARGETS.items() if b == "gguf"]
@@ -11,10 +10,10 @@ if TINY_TARGETS:
     rule build_tiny_model:
         output:
             directory("{model_dir}"),
-        wildcard_constraints:
-            model_dir="|".join(re.escape(p) for p in TINY_TARGETS),
         log:
             "results/logs/build_model/{model_dir}.log",
+        wildcard_constraints:
+            model_dir="|".join(re.escape(p) for p in TINY_TARGETS),
         shell:
             "{PY} workflow_scripts.tiny_model {output:q} > {log:q} 2>&1"
 
@@ -24,11 +23,11 @@ if GGUF_TARGETS:
     rule convert_gguf:
         output:
             directory("{model_dir}"),
+        log:
+            "results/logs/convert_gguf/{model_dir}.log",
         wildcard_constraints:
             model_dir="|".join(re.escape(p) for p in GGUF_TARGETS),
         params:
             spec=lambda w: json.dumps(STUDY.gguf_spec(w.model_dir)),
-        log:
-            "results/logs/convert_gguf/{model_dir}.log",
         shell:
             "{PY} workflow_scripts.gguf_model {output:q} --spec {params.spec:q} > {log:q} 2>&1"
