@@ -23,17 +23,20 @@ def _expand_kv(x: torch.Tensor, num_q_heads: int) -> torch.Tensor:
 
 
 def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
-                     scale: float | None = None) -> torch.Tensor:
+                     scale: float | None = None, softcap: float | None = None) -> torch.Tensor:
     """softmax(q k^T * scale, restricted to ``mask``) v.
 
     q [B, H, Lq, D]; k, v [B, Hkv, Lk, D] with H = Hkv * groups (q head h uses kv head h // groups);
     mask [B, H, Lq, Lk] bool (True = attend; broadcastable). Scores and softmax in fp32; rows without
-    any kept key return 0. Output has q's dtype."""
+    any kept key return 0. Output has q's dtype. ``softcap`` (Gemma 2's logit soft-capping): scores become
+    ``softcap * tanh(scores / softcap)`` before the softmax."""
     B, H, Lq, D = q.shape
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     kf = _expand_kv(k, H).float()
     vf = _expand_kv(v, H).float()
     s = torch.matmul(q.float(), kf.transpose(-1, -2)) * scale
+    if softcap is not None:
+        s = torch.tanh(s / softcap) * softcap
     mask = mask.to(torch.bool)
     s = s.masked_fill(~mask, float("-inf"))
     any_kept = mask.any(-1, keepdim=True)
@@ -63,7 +66,7 @@ def dense_attention(q, k, v, key_padding_mask=None, scale=None) -> torch.Tensor:
 
 
 def prefill_attention(q, k, v, selection, scale=None, granularity: str = "block",
-                      q_chunk: int | None = None) -> torch.Tensor:
+                      q_chunk: int | None = None, softcap: float | None = None) -> torch.Tensor:
     """Output of a prefill selection (BlockSelection or VerticalSlashSelection); q, k, v share the padded
     sequence axis. For VerticalSlashSelection, ``granularity`` picks the kernel-faithful tile layout
     ("block", default) or only the exact columns/diagonals ("exact").
@@ -83,7 +86,33 @@ def prefill_attention(q, k, v, selection, scale=None, granularity: str = "block"
     for b, o, n, q0, q1, m in selection.iter_row_masks(chunk, **kw):
         out[b:b + 1, :, o + q0:o + q1] = masked_attention(
             q[b:b + 1, :, o + q0:o + q1], k[b:b + 1, :, o:o + n], v[b:b + 1, :, o:o + n],
-            m.unsqueeze(0).to(q.device), scale)
+            m.unsqueeze(0).to(q.device), scale, softcap)
+    return out
+
+
+def windowed_attention(q, k, v, key_padding_mask=None, scale=None, window: int | None = None,
+                       softcap: float | None = None, q_chunk: int | None = None) -> torch.Tensor:
+    """Dense causal prefill attention of layers that transformers' SDPA path does not cover: a sliding
+    window (query i attends keys j with ``i - window < j <= i``, transformers' ``sliding_window_overlay``)
+    and/or logit soft-capping. q, k, v share the (left-padded) sequence axis; computed per batch row and
+    ``q_chunk`` query rows at a time over only the keys the window can reach (memory O(H * q_chunk *
+    (q_chunk + window))). Padded query rows get 0."""
+    B, H, L, _ = q.shape
+    chunk = DEFAULT_Q_CHUNK if q_chunk is None else int(q_chunk)
+    off, lens = padding_info(key_padding_mask, B, L)
+    out = torch.zeros_like(q)
+    for b, (o, n) in enumerate(zip(off.tolist(), lens.tolist())):
+        for q0 in range(0, n, chunk):
+            q1 = min(n, q0 + chunk)
+            k0 = 0 if window is None else max(0, q0 - int(window) + 1)
+            qi = torch.arange(q0, q1, device=q.device).view(-1, 1)
+            kj = torch.arange(k0, q1, device=q.device).view(1, -1)
+            m = kj <= qi
+            if window is not None:
+                m = m & (kj > qi - int(window))
+            out[b:b + 1, :, o + q0:o + q1] = masked_attention(
+                q[b:b + 1, :, o + q0:o + q1], k[b:b + 1, :, o + k0:o + q1], v[b:b + 1, :, o + k0:o + q1],
+                m.view(1, 1, q1 - q0, q1 - k0), scale, softcap)
     return out
 
 
@@ -104,6 +133,7 @@ def quest_attention(q, k, v, selection: QuestSelection, scale=None) -> torch.Ten
 
 
 __all__ = [
-    "masked_attention", "causal_mask", "dense_attention", "prefill_attention", "kv_compressed_attention",
+    "masked_attention", "causal_mask", "dense_attention", "prefill_attention", "windowed_attention",
+    "kv_compressed_attention",
     "quest_attention", "padding_info",
 ]

@@ -76,7 +76,7 @@ def collect_scores(model, prompts_by_task: dict[str, list[list[int]]], methods_b
         rows: list = []
 
         def hook(ev, method=method, rows=rows):
-            if ev.phase == "prefill":
+            if ev.phase == "prefill" and ev.sparse:     # (sliding-window layers never run the method)
                 for b in range(ev.q.shape[0]):
                     v, s = method.row_scores(ev.q[b], ev.k[b], ev.scale)
                     v, s = v.float(), s.float()

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sparse_kernels import budgets
+from sparse_kernels.hf.support import check_checkpoint
 from sparse_kernels.registry import (COMBINE_SEP, calibratable, components, get, is_combined, load_module,
                                      param_errors, resolve_params, split_method)
+from workflow_scripts.gguf_model import spec_errors as gguf_spec_errors
 from workflow_scripts.tasks import PROMPT_MODES, TASKS, load_task_class
 from workflow_scripts.tasks.base import CALIBRATION_OFFSET  # calibration sample ids start here
 
@@ -371,6 +373,7 @@ class Study:
         if check_paths:
             self._check_models()
         self.tokenizer_keys, self.tokenizer_canonical = self._tokenizer_keys()
+        self._check_shared_prompts()
         self.ratios = self._ratios()
         self.task_versions = {t: load_task_class(t).version for t in self.cfg["tasks"]}
         self.n_shards = math.ceil(self.cfg["samples"] / self.cfg["shard_size"])
@@ -506,18 +509,27 @@ class Study:
         for name, m in self.models.items():
             key = f"models.{name}"
             path = self.workdir / m["path"]
-            if not m.get("build"):
+            if "gguf" in m:
+                if m.get("build"):
+                    raise ConfigError(f"{key}: give either build or gguf")
+                for err in gguf_spec_errors(m["gguf"]):
+                    raise ConfigError(f"{key}.gguf: {err}")
+            if not (m.get("build") or m.get("gguf")):
                 if not path.is_dir():
                     raise ConfigError(f"{key}.path: model directory {m['path']!r} does not exist")
                 if not (path / "config.json").is_file():
                     raise ConfigError(f"{key}.path: {m['path']!r} has no config.json (not a HF checkpoint)")
                 if (why := weights_error(path)) is not None:
                     raise ConfigError(f"{key}.path: {why}")
+                lacking = check_checkpoint(path)
+                if lacking:
+                    raise ConfigError(f"{key}: {m['path']!r} uses attention features the sparse session does not "
+                                      f"implement: {'; '.join(lacking)}")
             tok = m.get("tokenizer")
             if tok is not None:
                 if not has_tokenizer_files(self.workdir / tok):
                     raise ConfigError(f"{key}.tokenizer: no tokenizer files in {tok!r}")
-            elif not m.get("build") and not has_tokenizer_files(path):
+            elif not (m.get("build") or m.get("gguf")) and not has_tokenizer_files(path):
                 raise ConfigError(f"{key}.tokenizer: {m['path']!r} has no tokenizer files; set models.{name}.tokenizer")
             if m.get("build"):
                 continue
@@ -542,6 +554,19 @@ class Study:
                                           f"the {context}-token context of {key} (max_position_embeddings"
                                           f"{' x rope_scaling.factor' if model_cfg.get('rope_scaling') else ''} in "
                                           f"{path / 'config.json'})")
+
+    def _check_shared_prompts(self) -> None:
+        """Models sharing task data (same tokenizer content) must read the same prompts."""
+        seen: dict[tuple[str, str], tuple[str, dict]] = {}
+        for name in self.models:
+            mode = self.mode(name)
+            key = (self.tokenizer_key(name), mode)
+            opts = {**self.prompt_options(name, mode), "chat_template": bool(self.models[name]["chat_template"])}
+            if key in seen and seen[key][1] != opts:
+                raise ConfigError(f"models.{name}: shares its tokenizer with models.{seen[key][0]} but sets other "
+                                  f"prompt options ({opts} vs {seen[key][1]}); give them the same bos / "
+                                  "answer_prefill / chat_template")
+            seen.setdefault(key, (name, opts))
 
     def _tokenizer_keys(self) -> tuple[dict[str, str], dict[str, str]]:
         """(tokenizer path -> readable stable key, tokenizer path -> the path that generates its data). Paths whose tokenizers have identical content (see
@@ -690,7 +715,12 @@ class Study:
 
     def build_targets(self) -> dict[str, str]:
         """Model directories the workflow creates itself: path -> build recipe."""
-        return {self.model_dir(n): m["build"] for n, m in self.models.items() if m.get("build")}
+        return {self.model_dir(n): ("gguf" if m.get("gguf") else m["build"]) for n, m in self.models.items()
+                if m.get("build") or m.get("gguf")}
+
+    def gguf_spec(self, model_dir: str) -> dict:
+        """The ``gguf`` entry of the model whose checkpoint folder is ``model_dir`` (rule convert_gguf)."""
+        return next(m["gguf"] for n, m in self.models.items() if m.get("gguf") and self.model_dir(n) == model_dir)
 
     # ------------------------------------------------------------------ params (rerun triggers)
     def data_params(self, tokenizer: str, task: str, length: int, mode: str) -> dict:
@@ -707,7 +737,20 @@ class Study:
             "seed": self.cfg["seed"],
             "tokenizer": self.data_tokenizer_path(model),
             "chat_template": bool(self.models[model]["chat_template"]),
+            **self.prompt_options(model, mode),
         }
+
+    def prompt_options(self, model: str, mode: str) -> dict:
+        """The model entry's prompt keys that change the text it reads (only those set, so the data of
+        models without them stays byte-identical): ``bos`` (bool; unset = the tokenizer decides, see
+        ``tasks.base.wants_bos``) and ``answer_prefill`` (direct mode only: the assistant turn opened with it)."""
+        m = self.models[model]
+        out = {}
+        if m.get("bos") is not None:
+            out["bos"] = bool(m["bos"])
+        if m.get("answer_prefill") and mode == "direct":
+            out["answer_prefill"] = str(m["answer_prefill"])
+        return out
 
     def calibration_data_params(self, tokenizer: str, task: str, length: int, mode: str) -> dict:
         spec = self.data_params(tokenizer, task, length, mode)
@@ -784,6 +827,7 @@ class Study:
             "calibration": self.calibration_path(model, length, method, ratio),
             "calibration_identity": self.calibration_fingerprint(model, length, method, ratio),
             "executor": self.cfg["executor"],
+            **{k: v for k, v in self.prompt_options(model, self.mode(model)).items() if k == "answer_prefill"},
             "max_new_tokens": self.cfg["max_new_tokens"],
             "batch_size": self.cfg["batch_size"],
             "samples": [start, stop],

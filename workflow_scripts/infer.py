@@ -299,7 +299,9 @@ def run(cell: dict, data_path: str, out_path: str, threads: int = 1, loaded: Loa
                     "sample_id": r["sample_id"],
                     # a sample whose logits went NaN / inf has no prediction, and is never scored (score.py)
                     "status": "failed: non-finite logits" if failed else "ok",
-                    "prediction": None if failed else tokenizer.decode(toks, skip_special_tokens=True),
+                    # (the answer prefill ends the prompt: the answer is the prefill + what the model wrote)
+                    "prediction": None if failed else (cell.get("answer_prefill", "")
+                                                       + tokenizer.decode(toks, skip_special_tokens=True)),
                     "input_tokens": len(p),
                     "output_tokens": len(toks),
                     "stop_reason": why,
@@ -341,6 +343,7 @@ def run(cell: dict, data_path: str, out_path: str, threads: int = 1, loaded: Loa
     write_parquet(pa.Table.from_pylist(out_rows, schema=schema), out_path,
                   {"cell": cell, "device": str(device), "model_load_s": load_s, "budgets": budgets,
                    "executor": session.executor.name if session.executor else None, "provenance": provenance(),
+                   "layers": session.layer_report(),
                    **(metadata or {})})
     print(f"wrote {len(out_rows)} rows to {out_path}")
 

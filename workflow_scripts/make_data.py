@@ -25,7 +25,8 @@ def load_tokenizer(path: str):
 
 def generate(spec: dict) -> list[dict]:
     tok = load_tokenizer(spec["tokenizer"])
-    renderer = Renderer(tok, use_chat_template=spec["chat_template"])
+    renderer = Renderer(tok, use_chat_template=spec["chat_template"], bos=spec.get("bos"),
+                        prefill=spec.get("answer_prefill", ""))
     task = load_task_class(spec["task"])(renderer, spec["length"], spec["mode"], seed=spec["seed"],
                                         datasets_dir=spec.get("datasets_dir"), reserved=int(spec.get("reserved", 0)),
                                         **spec["task_params"])

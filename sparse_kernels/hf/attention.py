@@ -7,6 +7,10 @@ Llama, Mistral, ... — the standard ``modeling_*`` layout) can be loaded with
 * inside an active :class:`~sparse_kernels.hf.session.SparseSession` every layer call goes to
   ``session.attend`` (the layer is ``module.layer_idx``; the phase, methods, cache and executor live in the
   session);
+* sliding-window layers (``sliding_window``) and logit soft-capping (``softcap``, Gemma 2) are passed on to
+  the session (:class:`~sparse_kernels.hf.session.LayerKind`); query scaling comes from the layer
+  (``scaling``: Gemma's ``query_pre_attn_scalar``), QK-norm and RoPE are already applied by the model's
+  projections, and kv heads are never repeated (GQA / MQA);
 * outside a session it is exactly transformers' SDPA path (same function, same masks — the mask interface is
   registered with ``sdpa_mask``, so left-padded batches are masked correctly).
 
@@ -16,6 +20,10 @@ Only APIs present in transformers 5.17 and 5.19 are used.
 from __future__ import annotations
 
 ATTN_IMPLEMENTATION = "sparse_frontier"
+
+# attention-function arguments of transformers models that the session does not implement (the study
+# validation, ``workflow_scripts.model_support``, rejects such models before any cell runs)
+UNSUPPORTED_KWARGS = {"s_aux": "attention sinks (s_aux)", "sinks": "attention sinks"}
 
 _registered = False
 
@@ -31,12 +39,17 @@ def sparse_frontier_attention(module, query, key, value, attention_mask, scaling
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
-    if kwargs.get("sliding_window") is not None or getattr(module, "sliding_window", None) is not None:
-        raise NotImplementedError("sliding-window attention layers are not supported by the sparse session")
     if dropout:
         raise NotImplementedError("attention dropout is not supported (inference only)")
+    for name in UNSUPPORTED_KWARGS:
+        if kwargs.get(name) is not None:
+            raise NotImplementedError(f"{type(module).__name__}: {UNSUPPORTED_KWARGS[name]} is not supported by "
+                                      "the sparse session")
+    window = kwargs.get("sliding_window")
+    if window is None:
+        window = getattr(module, "sliding_window", None)
     scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
-    out = session.attend(module, query, key, value, scale)
+    out = session.attend(module, query, key, value, scale, window=window, softcap=kwargs.get("softcap"))
     return out.transpose(1, 2).contiguous(), None
 
 

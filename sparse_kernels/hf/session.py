@@ -47,15 +47,26 @@ from typing import Any, Callable
 
 import torch
 
+from .. import reference
 from ..methods._common import PHASE_DECODE, PHASE_KV_COMPRESSION, PHASE_PREFILL
 from ..selection import QuestSelection, padding_info
-from .executors import Executor, make_executor
+from .executors import Executor, _expand_mask, make_executor, span_mask
 
 _ACTIVE: contextvars.ContextVar["SparseSession | None"] = contextvars.ContextVar("sparse_session", default=None)
 
 
 def active_session() -> "SparseSession | None":
     return _ACTIVE.get()
+
+
+@dataclass(frozen=True)
+class LayerKind:
+    """What a layer's attention is beyond plain causal softmax (as transformers passes it to the attention
+    function): ``window`` = sliding window (query i attends keys ``i - window < j <= i``; Mistral, Gemma 2/3
+    local layers, Qwen2 with ``use_sliding_window``), ``softcap`` = logit soft-capping (Gemma 2)."""
+
+    window: int | None = None
+    softcap: float | None = None
 
 
 @dataclass
@@ -241,6 +252,7 @@ class AttentionEvent:
     mask: torch.Tensor | None = None
     step: int = 0
     active: torch.Tensor | None = None   # decode: [B] bool (CPU), rows still generating at this step
+    sparse: bool = True      # the methods apply to this layer (False: a sliding-window layer, docs/methods.md)
 
 
 @dataclass
@@ -300,6 +312,9 @@ class SparseSession:
         self.phase: str | None = None
         self.caches: dict[int, LayerCache] = {}
         self.quest_states: dict[int, Any] = {}
+        self.layer_kinds: dict[int, LayerKind] = {}     # every layer seen (kept across batches)
+        self.sparse_layers: set[int] = set()            # layers the methods ran on in the last batch
+        self._windows: dict[int, int | None] = {}       # effective window per layer in the last batch
         self.step = 0
         self._static: _StaticDecode | None = None
 
@@ -319,6 +334,8 @@ class SparseSession:
         self.batch, self.length = batch, length
         self.max_new_tokens = int(max_new_tokens)
         self.caches, self.quest_states = {}, {}
+        self.sparse_layers = set()
+        self._windows: dict[int, int | None] = {}
         self.stats = _Stats(batch)
         self.phase = "prefill"
         self.step = 0
@@ -344,14 +361,21 @@ class SparseSession:
             _ACTIVE.reset(token)
 
     # ------------------------------------------------------------------ attention
-    def attend(self, module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-        """Attention output [B, H, Lq, D] of one layer call (q [B, H, Lq, D]; k, v the new tokens' [B, Hkv, Lq, D])."""
+    def attend(self, module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+               window: int | None = None, softcap: float | None = None) -> torch.Tensor:
+        """Attention output [B, H, Lq, D] of one layer call (q [B, H, Lq, D]; k, v the new tokens' [B, Hkv, Lq, D]).
+        ``window`` / ``softcap``: the layer's sliding window and logit soft-cap (see :class:`LayerKind`)."""
         layer = int(module.layer_idx)
         if self.phase == "prefill":
             if q.shape[2] != k.shape[2] or q.shape[2] != self.length:
                 raise RuntimeError("prefill expects the whole prompt in one forward (no HF cache)")
             if layer in self.caches:
                 raise RuntimeError(f"layer {layer} prefilled twice in one session step")
+            kind = LayerKind(int(window) if window else None, float(softcap) if softcap else None)
+            self.layer_kinds[layer] = kind
+            # a window that covers the prompt and every generated token excludes nothing: a full layer
+            span = self.length + max(self.max_new_tokens, 1)
+            self._windows[layer] = kind.window if kind.window is not None and kind.window < span else None
             return self._prefill(layer, q, k, v, scale)
         if self.phase == "decode":
             if q.shape[2] != 1:
@@ -361,17 +385,38 @@ class SparseSession:
             return self._decode(layer, q, k, v, scale)
         raise RuntimeError("session not started: call begin() first (greedy_generate does)")
 
+    def layer_report(self) -> dict:
+        """Which layers the methods ran on in the last batch, and the layers' kinds: ``sparse_layers`` (the
+        methods apply to full-attention layers only; a sliding-window layer keeps its exact windowed
+        attention and its full cache), ``window_layers`` (window < prompt + generated tokens),
+        ``softcap_layers``, ``layers`` (count)."""
+        methods = self.prefill_method is not None or self.decode_method is not None
+        return {"layers": len(self.layer_kinds),
+                "sparse_layers": sorted(self.sparse_layers) if methods else [],
+                "window_layers": sorted(i for i, w in self._windows.items() if w is not None),
+                "window": sorted({k.window for k in self.layer_kinds.values() if k.window is not None}),
+                "softcap_layers": sorted(i for i, k in self.layer_kinds.items() if k.softcap is not None)}
+
     def _prefill(self, layer, q, k, v, scale):
         self._num_q_heads = q.shape[1]
         kpm = self.key_padding_mask
         sel = ksel = None
-        if self.prefill_method is not None:
+        window, softcap = self._windows[layer], self.layer_kinds[layer].softcap
+        sparse = window is None       # methods run on full-attention layers only (docs/methods.md)
+        if sparse:
+            self.sparse_layers.add(layer)
+        if sparse and self.prefill_method is not None:
             sel = self.prefill_method.select(q, k, kpm, scale)
-            out = self.executor.sparse_prefill(q, k, v, sel, scale)
+            if softcap is None:
+                out = self.executor.sparse_prefill(q, k, v, sel, scale)
+            else:
+                out = reference.prefill_attention(q, k, v, sel, scale, softcap=softcap)
             self.stats.add_prefill(sel.paper_sparsity, sel.density_computed())
-        else:
+        elif window is None and softcap is None:
             out = self.executor.dense_prefill(q, k, v, kpm, scale)
-        dm = self.decode_method
+        else:
+            out = reference.windowed_attention(q, k, v, kpm, scale, window=window, softcap=softcap)
+        dm = self.decode_method if sparse else None
         if dm is not None and dm.phase == PHASE_KV_COMPRESSION:
             ksel = dm.compress(q, k, kpm, scale)
             kc, vc, valid = ksel.gather(k, v, pad_side="left")
@@ -389,14 +434,22 @@ class SparseSession:
                 self.quest_states[layer] = dm.init_state(k, kpm)
         if self.hooks:
             self._emit(AttentionEvent(layer, "prefill", q, k, v, out, scale, selection=sel, kv_selection=ksel,
-                                      cache=self.caches[layer]))
+                                      cache=self.caches[layer], sparse=sparse))
         return out
+
+    def _attend_masked(self, q, K, V, mask, scale, softcap):
+        """Decode attention over ``mask`` [B, H or Hkv, Lk]: the executor, or the exact reference when the
+        layer soft-caps its logits (no executor kernel has the cap)."""
+        if softcap is None:
+            return self.executor.decode(q, K, V, mask, scale)
+        return reference.masked_attention(q, K, V, _expand_mask(mask, q.shape[1]), scale, softcap)
 
     def _decode(self, layer, q, k, v, scale):
         cache = self.caches[layer]
         cache.append(k, v)
         K, V, valid = cache.view()
-        dm = self.decode_method
+        dm = self.decode_method if layer in self.sparse_layers else None
+        window, softcap = self._windows[layer], self.layer_kinds[layer].softcap
         st = self.stats
         act = self._active.double()
         qsel = None
@@ -404,21 +457,24 @@ class SparseSession:
             state = self.quest_states[layer]
             state.append(k)
             qsel = dm.select(state, q)
-            out = self.executor.quest_decode(q, K, V, qsel, scale)
             mask = qsel.token_mask()
+            out = (self.executor.quest_decode(q, K, V, qsel, scale) if softcap is None
+                   else self._attend_masked(q, K, V, mask, scale, softcap))
             dens = mask.sum(-1).double() / state.seq_lens.clamp(min=1).double().view(-1, 1)
             st.decode_density += dens.mean(-1).cpu() * act
             st.decode_count += act
         else:
             mask = valid
-            out = self.executor.decode(q, K, V, mask, scale)
+            if window is not None:   # (uncompressed cache: slot distance = position distance)
+                mask = mask & (torch.arange(K.shape[2], device=K.device) >= K.shape[2] - window)
+            out = self._attend_masked(q, K, V, mask, scale, softcap)
             if dm is not None:  # KV compression: kept + appended tokens / all causal tokens
                 dens = valid.sum(-1).double() / (self.seq_lens.double() + self.appended).view(-1, 1)
                 st.decode_density += dens.mean(-1).cpu() * act
                 st.decode_count += act
         if self.hooks:
             self._emit(AttentionEvent(layer, "decode", q, k, v, out, scale, selection=qsel, cache=cache, mask=mask,
-                                      step=self.step, active=self._active))
+                                      step=self.step, active=self._active, sparse=layer in self.sparse_layers))
         return out
 
     # ------------------------------------------------------------------ static decode (fast decode path)
@@ -439,7 +495,7 @@ class SparseSession:
         layers = sorted(self.caches)
         B = self.batch
         dm = self.decode_method
-        quest = dm is not None and dm.phase == PHASE_DECODE
+        quest = dm is not None and dm.phase == PHASE_DECODE and bool(self.quest_states)
         by_dev: dict = {}
         for layer in layers:
             by_dev.setdefault(self.caches[layer].keys.device, []).append(layer)
@@ -447,9 +503,10 @@ class SparseSession:
         st = _StaticDecode(steps=steps, counters={}, layers={}, quest=quest)
         if quest:
             p = st.page_size = int(dm.page_size)
-            P0 = max(self.quest_states[layer].page_min.shape[2] for layer in layers)
+            qstates = [self.quest_states[layer] for layer in layers if layer in self.quest_states]
+            P0 = max(qs.page_min.shape[2] for qs in qstates)
             st.num_pages = max(-(-(self.length + max(steps, 1)) // p), P0)
-            st.n_hist = (self.quest_states[layers[0]].token_budget.to("cpu", torch.long) // p).clamp(min=0)
+            st.n_hist = (qstates[0].token_budget.to("cpu", torch.long) // p).clamp(min=0)
             n_eff = st.n_hist.clamp(max=st.num_pages - 1)
             st.kmax = int(n_eff.max()) if B else 0
             uniform = bool((n_eff == st.kmax).all())
@@ -479,7 +536,7 @@ class SparseSession:
                 kept = c.valid[:, :, :base].sum(-1)
                 start = (base - kept).to(torch.int32).contiguous()
                 sl = _StaticLayer(dc, i, base, start, kept.to("cpu", torch.float64))
-                if quest:   # page summaries of their final size
+                if quest and layer in self.quest_states:   # page summaries of their final size
                     qs = self.quest_states[layer]
                     Bq, G, P, D = qs.page_min.shape
                     # the GPU bounds kernel reads 16-bit summaries with tensor cores (fp32 ones on CUDA cores
@@ -532,7 +589,7 @@ class SparseSession:
         S = int(n.max()) if n.numel() else 0
         if dm is None or S == 0:
             return
-        n_layers = len(st.layers)
+        n_layers = sum(layer in self.sparse_layers for layer in st.layers)
         s = torch.arange(1, S + 1, dtype=torch.float64).view(1, -1)          # appended tokens at step s
         act = (s <= n.view(-1, 1).double()).double()                           # [B, S]
         seq = self.seq_lens.to("cpu", torch.float64).view(-1, 1)
@@ -544,7 +601,9 @@ class SparseSession:
             dens = (nsel * p + qlen - cur * p) / qlen
             stats.decode_density += n_layers * (dens * act).sum(1)
         else:
-            for sl in st.layers.values():
+            for layer, sl in st.layers.items():
+                if layer not in self.sparse_layers:
+                    continue
                 dens = ((sl.kept.unsqueeze(-1) + s.unsqueeze(0)) / (seq.unsqueeze(1) + s.unsqueeze(0))).mean(1)
                 stats.decode_density += (dens * act).sum(1)
         stats.decode_count += n_layers * n.double()
@@ -558,8 +617,14 @@ class SparseSession:
         slot = dc.slots[sl.index:sl.index + 1]
         K.index_copy_(2, slot, k)
         V.index_copy_(2, slot, v)
-        if not st.quest:
-            return self.executor.span_decode(q, K, V, sl.start, dc.ends[sl.index], scale)
+        window, softcap = self._windows[layer], self.layer_kinds[layer].softcap
+        if not (st.quest and layer in self.quest_states):
+            start, end = sl.start, dc.ends[sl.index]
+            if window is not None:   # (device arithmetic: the window's first slot follows the end)
+                start = torch.maximum(start, (end - window).view(-1, 1).to(start.dtype))
+            if softcap is None:
+                return self.executor.span_decode(q, K, V, start, end, scale)
+            return self._attend_masked(q, K, V, span_mask(start, end, K.shape[2]), scale, softcap)
         # Quest: page summaries (static size), candidate bounds, fixed-size top-k, attention over the pages
         dm = self.decode_method
         B, G, _, D = k.shape
@@ -580,6 +645,8 @@ class SparseSession:
         sel = StaticQuestSelection(page_size=st.page_size, pages=pages, counts=dc.counts, seq_lens=dc.qlen,
                                    pad_offsets=dc.pad_offsets, length=K.shape[2], paper_sparsity=None,
                                    shared=shared, num_pages=st.num_pages)
+        if softcap is not None:
+            return self._attend_masked(q, K, V, sel.token_mask(), scale, softcap)
         return self.executor.quest_decode(q, K, V, sel, scale)
 
     def _emit(self, event: AttentionEvent) -> None:
@@ -615,5 +682,5 @@ class SparseSession:
         return out
 
 
-__all__ = ["SparseSession", "LayerCache", "AttentionEvent", "StaticQuestSelection", "active_session",
+__all__ = ["SparseSession", "LayerCache", "LayerKind", "AttentionEvent", "StaticQuestSelection", "active_session",
            "limit_candidates", "static_quest_pages"]

@@ -15,6 +15,7 @@ import os
 import random
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .prompt import PromptSpec, render
@@ -52,6 +53,20 @@ _CUT = re.compile(r"(?<=\w)[ \n](?=\w)")
 _PARALLEL_PIECES = max(1, min(4, os.cpu_count() or 1))
 
 
+def wants_bos(tokenizer, chat_template_used: bool) -> bool:
+    """Whether prompts need the tokenizer's BOS prepended by us: the tokenizer asks for one
+    (``add_bos_token``, e.g. Gemma and Llama tokenizers) and no chat template is applied (a template that
+    wants BOS writes it itself). Prompts are tokenised with ``add_special_tokens=False`` everywhere, so the
+    BOS must be part of the text."""
+    if chat_template_used or not getattr(tokenizer, "bos_token", None):
+        return False
+    if getattr(tokenizer, "add_bos_token", False):
+        return True
+    # some tokenizer classes (e.g. Qwen2Tokenizer) drop the key: read the folder's tokenizer_config.json
+    cfg = Path(str(getattr(tokenizer, "name_or_path", ""))) / "tokenizer_config.json"
+    return cfg.is_file() and json.loads(cfg.read_text()).get("add_bos_token") is True
+
+
 class Renderer:
     """Applies the chat template of a HF tokenizer and counts tokens (``add_special_tokens=False``).
 
@@ -60,19 +75,30 @@ class Renderer:
     always measured exactly. ``cache`` lets tasks memoise tokenizer-dependent data for the whole job.
     """
 
-    def __init__(self, tokenizer, use_chat_template: bool = True):
+    def __init__(self, tokenizer, use_chat_template: bool = True, bos: bool | None = None, prefill: str = ""):
         self.tokenizer = tokenizer
         self.use_chat_template = bool(use_chat_template and getattr(tokenizer, "chat_template", None))
+        self.bos = wants_bos(tokenizer, self.use_chat_template) if bos is None else bool(bos)
+        self.prefill = prefill or ""
         self._pieces: dict[str, int] = {}
         self._overhead: int | None = None
         self.cache: dict = {}        # memo for tasks (e.g. token counts of dataset documents), per tokenizer
 
     def final(self, user_prompt: str) -> str:
-        if not self.use_chat_template:
-            return user_prompt
-        return self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": user_prompt}], tokenize=False, add_generation_prompt=True
-        )
+        """The text the model reads: the user turn (chat template when used), the tokenizer's BOS in front
+        when ``bos`` and the text does not start with it, then ``prefill`` (the opened assistant answer)."""
+        text = user_prompt
+        if self.use_chat_template:
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": user_prompt}], tokenize=False, add_generation_prompt=True
+            )
+        if self.bos:
+            tok = self.tokenizer.bos_token
+            if not tok:
+                raise ValueError("bos: the tokenizer has no BOS token")
+            if not text.startswith(tok):
+                text = tok + text
+        return text + self.prefill
 
     def _fast_backend(self):
         """The Rust tokenizer when calling it directly gives exactly what ``tokenizer(texts,
