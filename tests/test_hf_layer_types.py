@@ -41,7 +41,7 @@ PARAMS = {
     "quest": {"page_size": 8},
 }
 # explicit budgets of the calibrated methods (their ratio -> budget tables start at 16K tokens)
-BUDGETS = {"vertical_slash": {"vertical_size": 8, "slash_size": 8}, "flexprefill": {"alpha": 0.05, "min_budget": 2}}
+BUDGETS = {"vertical_slash": {"vertical_size": 8, "slash_size": 8}, "flexprefill": {"alpha": 0.05, "min_budget": 16}}  # one block
 METHODS = ["vertical_slash", "flexprefill", "block_sparse", "snapkv", "ada_snapkv", "quest",
            "block_sparse+quest"]
 
