@@ -31,7 +31,8 @@ def test_available_and_executor_names():
 def test_executor_signatures_match_reference():
     tri = skt.get_executor("triton", "cpu")
     for name in ("prefill_attention", "kv_compressed_attention", "quest_attention", "dense_attention"):
-        want = [p for p in inspect.signature(getattr(reference, name)).parameters.values()]
+        # softcap (Gemma 2) is the reference's alone: the session runs soft-capped layers there, never in a kernel
+        want = [p for p in inspect.signature(getattr(reference, name)).parameters.values() if p.name != "softcap"]
         got = list(inspect.signature(getattr(tri, name)).parameters.values())
         assert [p.name for p in got[: len(want)]] == [p.name for p in want], name
         assert all(p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD) for p in got[len(want):]), name
