@@ -97,3 +97,32 @@ def test_dry_run_of_the_default_study_leaves_the_working_tree_unchanged():
     after = _tree_state(ROOT)
     changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
     assert not changed, changed
+
+
+def test_qa_study_with_calibrated_methods_calibrates_on_qa_questions(workflow, tiny_model, tmp_path):
+    """A QA task with a calibrated method (the paper study's situation): calibration data and the calibration job
+    run on the QA fixtures, with questions from the end of the pool, none of them an evaluation question."""
+    import pyarrow.parquet as pq
+
+    from workflow_scripts.tasks import qa_data
+
+    qa = qa_data.write_fixtures(tmp_path / "qa", seed=1)
+    cfg = {"seed": 43, "samples": 3, "shard_size": 3, "prompt_mode": "direct", "max_new_tokens": 2,
+           "datasets_dir": str(qa), "models": {"tiny": {"path": str(tiny_model), "dtype": "float32", "device": "cpu"}},
+           "tasks": ["qa_squad"], "lengths": [1024], "calibration": {"samples": 2},
+           "methods": {"dense": {}, "vertical_slash": {"ratios": [2]}}}
+    workflow.write_config(cfg)
+    cal = "results/calibration/model=tiny/length=1024/method=vertical_slash"
+    workflow.run("results/data/tokenizer=tiny/task=qa_squad/length=1024/mode=direct/samples.parquet")
+    proc = workflow.run("--until", "calibrate")
+    assert "(Rule: calibrate)" in proc.stdout + proc.stderr
+    evaluation = pq.read_table(workflow.path("results/data/tokenizer=tiny/task=qa_squad/length=1024/mode=direct/"
+                                             "samples.parquet")).to_pylist()
+    calibration = pq.read_table(workflow.path("results/calibration/data/tokenizer=tiny/task=qa_squad/length=1024/"
+                                              "mode=direct/samples.parquet")).to_pylist()
+    assert [r["sample_id"] for r in calibration] == [10**6, 10**6 + 1]
+    question = lambda r: json.loads(r["meta"])["question"] if isinstance(r["meta"], str) else r["meta"]["question"]  # noqa: E731
+    assert not {question(r) for r in calibration} & {question(r) for r in evaluation}
+    result = json.loads(next(workflow.path(cal).glob("params=*/calibration.json")).read_text())
+    assert list(result["results"]) == ["2"] and abs(result["results"]["2"]["relative_error"]) <= 0.05
+    assert result["samples"] == {"qa_squad": [10**6, 10**6 + 1]}
