@@ -130,3 +130,26 @@ def test_relative_error_by_length(study, tmp_path):
     assert set(df["method"]) == {"vertical_slash", "quest"} and set(df["length"]) == set(LENGTHS)
     assert (df["relative_error"] > 0).all()           # compression at 20x hurts in the synthetic law
     charts.relative_error_chart(str(tmp_path / "re.parquet"), str(tmp_path / "re.html"), str(tmp_path / "re.png"))
+
+
+def test_relative_error_uses_the_studys_own_ratio(study, tmp_path):
+    """Without analysis.fixed_ratio the comparison is at the largest ratio every sparse method ran at (a fixed 20
+    would leave a 2x-4x study with nothing); a study setting fixed_ratio keeps it."""
+    full = pd.read_parquet(study / "summary.parquet")
+    assert analyze.study_ratio(full) == 20.0
+    # ratios up to 10 only, and Quest without 10: the largest common ratio is 5
+    small = full[(full["ratio"] <= 10) & ~((full["method"] == "quest") & (full["ratio"] == 10))]
+    assert analyze.study_ratio(small) == 5.0
+    small.to_parquet(tmp_path / "small.parquet")
+    analyze.relative_error(str(tmp_path / "small.parquet"), {}, str(tmp_path / "re.parquet"))
+    df = pd.read_parquet(tmp_path / "re.parquet")
+    assert set(df["ratio"]) == {5.0} and set(df["method"]) == {"vertical_slash", "quest"}
+    assert set(df["n_interpolated"]) == {0}                       # measured cells, not interpolated ones
+    analyze.relative_error(str(tmp_path / "small.parquet"), {"analysis": {"fixed_ratio": 2}},
+                           str(tmp_path / "re2.parquet"))
+    assert set(pd.read_parquet(tmp_path / "re2.parquet")["ratio"]) == {2.0}
+    # no ratio in common: the one most methods ran at; no sparse method: None
+    odd = full[((full["method"] == "vertical_slash") & (full["ratio"] == 2)) | (full["method"] == "dense")
+               | ((full["method"] == "quest") & (full["ratio"] == 5))]
+    assert analyze.study_ratio(odd) == 5.0
+    assert analyze.study_ratio(full[full["method"] == "dense"]) is None

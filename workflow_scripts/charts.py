@@ -129,7 +129,8 @@ def relative_error_chart(path: str, html_path: str, png_path: str) -> None:
         return _empty_chart("relative error vs length: no sparse method in this study", html_path, png_path)
     ratio = df["ratio"].iloc[0]
     chart = alt.Chart(df).mark_line(point=True).encode(
-        x=alt.X("length:Q", scale=alt.Scale(type="log", base=2), title="prompt length (tokens, log)"),
+        x=alt.X("length:Q", scale=alt.Scale(type="log", base=2), title="prompt length (tokens, log)",
+                axis=alt.Axis(values=sorted(int(v) for v in df["length"].unique()), format="d")),  # the study's
         y=alt.Y("relative_error:Q", title="(dense − sparse) / dense"),
         color=alt.Color("method:N", title="method"),
         tooltip=["length", "method", alt.Tooltip("relative_error:Q", format=".3f")],
