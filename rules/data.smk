@@ -27,7 +27,12 @@ rule data_card:
     input:
         _data_card_inputs,
     output:
-        md="results/data_cards/tokenizer={tokenizer}.md",
+        md=report(
+            "results/data_cards/tokenizer={tokenizer}.md",
+            caption="report/data_card.rst",
+            category="0. Study",
+            labels={"data card": "{tokenizer}"},
+        ),
         parquet="results/data_cards/tokenizer={tokenizer}.parquet",
     log:
         "results/logs/data_card/tokenizer={tokenizer}.log",

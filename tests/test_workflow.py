@@ -82,6 +82,15 @@ def test_end_to_end_and_exact_incremental_reruns(workflow, tiny_model):
     assert "vega-embed" in html.lower() and "cdn.jsdelivr" not in html      # offline: Vega inlined
     assert workflow.path("results/charts/score_vs_ratio.png").read_bytes()[:4] == b"\x89PNG"
 
+    # the report carries the study configuration (schema defaults filled in) and the data card
+    workflow.run("--report", "report.html")
+    report = workflow.path("report.html").read_text()
+    assert "Study configuration" in report and "ERROR/" not in report
+    for line in ("samples: 4", "shard_size: 2", "max_new_tokens: 4", 'prompt_mode: &quot;direct&quot;',
+                 "lengths: [1024]", "batch_size: 1"):                     # batch_size: a schema default
+        assert "\\n" + line + "\\n" in report, line
+    assert "tokenizer=tiny.md" in report and "0. Study" in report
+
     # nothing to do on an unchanged config
     assert workflow.planned_jobs() == {}
 
