@@ -153,3 +153,13 @@ def test_relative_error_uses_the_studys_own_ratio(study, tmp_path):
                | ((full["method"] == "quest") & (full["ratio"] == 5))]
     assert analyze.study_ratio(odd) == 5.0
     assert analyze.study_ratio(full[full["method"] == "dense"]) is None
+
+
+def test_scaling_fit_without_support_is_flagged_in_words():
+    bad = {"r2": -0.956, "n_train": 32, "n_test": 16, "converged": True}
+    lines = analyze.scaling_warnings(bad)
+    assert len(lines) == 1 and "R² ≤ 0" in lines[0] and "32 training cells, 16 held-out cells" in lines[0]
+    assert "weak fit" in analyze.scaling_warnings({**bad, "r2": 0.3})[0]
+    assert analyze.scaling_warnings({**bad, "r2": 0.8}) == []
+    assert analyze.scaling_warnings({**bad, "r2": 0.8, "converged": False}) == [
+        "  - **warning:** the optimiser did not converge."]

@@ -181,6 +181,7 @@ def scaling(summary_path: str, models_path: str, out_table3: str, out_table4: st
             row = v.table3.iloc[0]
             lines.append(f"- held-out {axis}: R² = {row['r2']:.3f}, alpha(ln N) = {row['alpha']:.3f}, "
                          f"beta(ln L) = {row['beta']:.3f}, gamma(ln CR) = {row['gamma']:.3f}")
+            lines += scaling_warnings(row)
         lines.append("")
     table3 = pd.concat(t3, ignore_index=True)
     table4 = pd.concat(t4, ignore_index=True) if t4 else pd.DataFrame(columns=["phase", "held_out", "task"])
@@ -195,6 +196,23 @@ def scaling(summary_path: str, models_path: str, out_table3: str, out_table4: st
     _write(table7, out_table7)
     with atomic_path(out_md) as tmp:
         Path(tmp).write_text("\n".join(lines) + "\n")
+
+
+def scaling_warnings(row) -> list[str]:
+    """Sentences for a held-out fit (a row of table 3) that does not support conclusions."""
+    out = []
+    n = f" ({int(row['n_train'])} training cells, {int(row['n_test'])} held-out cells)" \
+        if "n_train" in row and "n_test" in row else ""
+    if row["r2"] <= 0:
+        out.append(f"  - **warning:** R² ≤ 0: the fit predicts the held-out cells no better than their mean{n}; "
+                   "too few cells or samples per cell for a scaling law (the paper fits its whole grid, 100 samples per "
+                   "cell). Do not read the coefficients.")
+    elif row["r2"] < 0.5:
+        out.append(f"  - **warning:** R² = {row['r2']:.2f} on held-out cells{n}: a weak fit; read the coefficients "
+                   "as trends at most.")
+    if "converged" in row and not bool(row["converged"]):
+        out.append("  - **warning:** the optimiser did not converge.")
+    return out
 
 
 def study_ratio(summary) -> float | None:
