@@ -266,7 +266,8 @@ def cmd_report(a) -> None:
             limit = None
             if device:
                 lin = 2 * params * n_tok / (device["gemm_tflops"] * 1e12)
-                att = 4 * QWEN25_7B["num_hidden_layers"] * 28 * 128 * n_tok**2 / 2 / (device["sdpa_tflops"][str(L)] * 1e12)
+                att_flops = 4 * QWEN25_7B["num_hidden_layers"] * 28 * 128 * n_tok**2 / 2       # causal
+                att = att_flops / (device["sdpa_tflops"][str(L)] * 1e12)
                 pre_limit = lin + att * (density if m in PREFILL else 1.0)
                 kv = kv_token * (n_tok + 16) * (density if m not in PREFILL else 1.0)
                 tok_limit = (params * 2 + kv) / (device["hbm_gbps"] * 1e9)
@@ -282,7 +283,8 @@ def cmd_report(a) -> None:
     for f in sorted(wd.glob("results/calibration/model=*/length=*/method=*/params=*/calibration.json")):
         c = json.loads(f.read_text())
         calib.append({"method": c["method"], "length": c["length"], "seconds": c["seconds"],
-                      "evaluations": c.get("evaluations"), "settings": {r: v["setting"] for r, v in c["results"].items()}})
+                      "evaluations": c.get("evaluations"),
+                      "settings": {r: v["setting"] for r, v in c["results"].items()}})
     kernel_sum = sum(c["sum_prefill_s"] + c["sum_decode_s"] for c in cells.values())
     load_s = sum(loads.values())
     wall = sum(c["wall_s"] for c in record["calls"])

@@ -205,8 +205,8 @@ def scaling_warnings(row) -> list[str]:
         if "n_train" in row and "n_test" in row else ""
     if row["r2"] <= 0:
         out.append(f"  - **warning:** R² ≤ 0: the fit predicts the held-out cells no better than their mean{n}; "
-                   "too few cells or samples per cell for a scaling law (the paper fits its whole grid, 100 samples per "
-                   "cell). Do not read the coefficients.")
+                   "too few cells or samples per cell for a scaling law (the paper fits its whole grid, 100 "
+                   "samples per cell). Do not read the coefficients.")
     elif row["r2"] < 0.5:
         out.append(f"  - **warning:** R² = {row['r2']:.2f} on held-out cells{n}: a weak fit; read the coefficients "
                    "as trends at most.")

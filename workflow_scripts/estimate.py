@@ -63,7 +63,8 @@ class Prices:
         for c in measured["cells"].values():
             if c.get("limit"):
                 self.eff.setdefault(c["method"], {})[int(c["length"])] = (
-                    c["prefill_s"] / c["limit"]["prefill_s"], c["decode_ms_per_token"] / c["limit"]["decode_ms_per_token"])
+                    c["prefill_s"] / c["limit"]["prefill_s"],
+                    c["decode_ms_per_token"] / c["limit"]["decode_ms_per_token"])
         self.density = {(c["method"], int(c["length"])): c["density"] for c in measured["cells"].values()}
         # model load seconds per GB of weights; a calibration job's work beyond its load, in dense samples
         self.load_s_per_gb = float(measured["load_s_per_gb"])
