@@ -62,7 +62,9 @@ METRICS = {
 
 
 def iso_chart(points_path: str, kind: str, html_path: str, png_path: str) -> None:
-    """One panel per (phase, length): a point per (model, ratio), colour = compression, Pareto frontier line."""
+    """Paper Fig. 2 analogue. One panel per (phase, length): per model and method a line from the dense point
+    through the method's ratios (colour = method, shape = model, ratio written beside each point), ± standard
+    error bars, the Pareto frontier dashed; log cost axes fitted to the data."""
     import altair as alt
     import pandas as pd
 
@@ -71,26 +73,45 @@ def iso_chart(points_path: str, kind: str, html_path: str, png_path: str) -> Non
     panels = []
     for phase in ("prefill", "decode"):
         df = pts[(pts["phase"] == phase) & (pts["metric"] == metric_of[phase])].copy()
+        df = df[df["cost"] > 0]
         if df.empty:
             continue
-        df = df[df["cost"] > 0]
-        base = alt.Chart(df).encode(
-            x=alt.X("cost:Q", scale=alt.Scale(type="log"), title=x_titles[phase], axis=alt.Axis(format="~s")),
-            y=alt.Y("score:Q", title="mean score over tasks", scale=alt.Scale(domain=[0, 1])),
-        )
-        points = base.mark_point(filled=True, size=70).encode(
-            color=alt.Color("ratio:Q", scale=alt.Scale(type="log", scheme="viridis"), title="compression"),
-            shape=alt.Shape("model:N", title="model"),
+        methods = sorted(m for m in df["method"].unique() if m != "dense")
+        dense = df[df["method"] == "dense"]
+        # each method's series starts at its model's dense point (ratio 1)
+        series = pd.concat([df[df["method"] != "dense"]] + [dense.assign(method=m) for m in methods])
+        lo, hi = float(df["cost"].min()), float(df["cost"].max())
+        x = alt.X("cost:Q", title=x_titles[phase], axis=alt.Axis(format="~s", tickCount=5),
+                  scale=alt.Scale(type="log", domain=[lo / 1.3, hi * 1.3], nice=False))
+        y = alt.Y("score:Q", title="mean score over tasks (± SE)", scale=alt.Scale(domain=[0, 1]))
+        color = alt.Color("method:N", title="method", scale=alt.Scale(domain=["dense", *methods],
+                                                                        scheme="tableau10"))
+        # one data set for every layer (faceting needs it): the points, and the series drawn as lines / labels
+        data = pd.concat([df.assign(kind="point", label=""), series.assign(kind="series")], ignore_index=True)
+        base = alt.Chart(data)
+        lines = base.transform_filter("datum.kind == 'series'").mark_line(opacity=0.6).encode(
+            x=x, y=y, color=color, detail="model:N", order="ratio:Q")
+        err = base.transform_filter("datum.kind == 'point'").transform_calculate(
+            lo="max(0, datum.score - datum.se)", hi="min(1, datum.score + datum.se)",
+        ).mark_rule(opacity=0.5).encode(x=x, y=alt.Y("lo:Q", title="mean score over tasks (± SE)"), y2="hi:Q",
+                                        color=color)
+        points = base.transform_filter("datum.kind == 'point'").mark_point(filled=True, size=60).encode(
+            x=x, y=y, color=color, shape=alt.Shape("model:N", title="model"),
             tooltip=["model", "method", "ratio", "length", alt.Tooltip("score:Q", format=".3f"),
-                     alt.Tooltip("cost:Q", format=".3g"), "on_frontier"],
-        )
-        frontier = base.transform_filter("datum.on_frontier").mark_line(color="black", strokeDash=[4, 2]).encode(
-            order="cost:Q")
-        panels.append(alt.layer(points, frontier).properties(width=240, height=180).facet(
+                     alt.Tooltip("se:Q", format=".3f"), alt.Tooltip("cost:Q", format=".3g"), "on_frontier"])
+        labels = base.transform_filter("datum.kind == 'point' && datum.method != 'dense'").transform_calculate(
+            text="format(datum.ratio, '~g') + '×'",
+        ).mark_text(dx=8, dy=-6, fontSize=8).encode(x=x, y=y, text="text:N", color=color)
+        frontier = base.transform_filter("datum.kind == 'point' && datum.on_frontier").mark_line(
+            color="black", strokeDash=[4, 2], strokeWidth=1).encode(x=x, y=y, order="cost:Q")
+        panels.append(alt.layer(lines, err, points, labels, frontier).properties(width=250, height=190).facet(
             column=alt.Column("length:O", title=f"{phase} — prompt length (tokens)")))
     if not panels:
         return _empty_chart(f"{title}: no sparse method in this study", html_path, png_path)
-    chart = alt.vconcat(*panels).properties(title=title + " (dashed: Pareto frontier)")
+    subtitle = ["dashed: Pareto frontier; each line runs from its model's dense point (1×) through the method's ratios"]
+    if kind == "isotime":
+        subtitle.append("wall clock of this study's runs (device and executor of each cell: its parquet metadata)")
+    chart = alt.vconcat(*panels).properties(title=alt.Title(title, subtitle=subtitle)).resolve_scale(x="independent")
     save_chart(chart, html_path, png_path)
 
 
