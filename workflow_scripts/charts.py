@@ -25,28 +25,49 @@ def with_dense_anchor(df):
 
 
 def score_vs_ratio(summary_path: str, html_path: str, png_path: str) -> None:
+    """Paper Fig. 4 analogue: per task and length, score against compression for each method, one model per row
+    block; standard-error bands; the dense score as a dashed grey reference line; a log ratio
+    axis from 1 to the study's largest ratio."""
     import altair as alt
     import pandas as pd
 
-    df = with_dense_anchor(pd.read_parquet(summary_path))
-    df["lo"] = (df["mean"] - df["se"]).clip(lower=0)
-    df["hi"] = (df["mean"] + df["se"]).clip(upper=1)
-    df["length"] = df["length"].astype(str)
-    base = alt.Chart(df).encode(
-        x=alt.X("ratio:Q", scale=alt.Scale(type="log"), title="compression ratio (1 / density, log scale)"),
-        color=alt.Color("method:N", title="method"),
-    )
-    lines = base.mark_line(point=True).encode(
-        y=alt.Y("mean:Q", scale=alt.Scale(domain=[0, 1]), title="mean score"),
-        strokeDash=alt.StrokeDash("model:N", legend=None),      # one legend for model: the point shape
-        shape=alt.Shape("model:N", title="model"),
-        tooltip=["model", "task", "length", "method", "ratio", "n", alt.Tooltip("mean:Q", format=".3f"),
-                 alt.Tooltip("se:Q", format=".3f")],
-    )
-    bands = base.mark_errorbar().encode(y=alt.Y("lo:Q", title="mean score"), y2="hi:Q")
-    chart = (lines + bands).properties(width=220, height=160).facet(
-        row=alt.Row("task:N", title="task"), column=alt.Column("length:N", title="prompt length (tokens)"),
-    ).properties(title="Score vs compression ratio (mean ± standard error)")
+    raw = pd.read_parquet(summary_path)
+    raw = raw[~raw["method"].str.contains("+", regex=False)]       # combined methods have two ratios
+    df = with_dense_anchor(raw)
+    df["lo"] = (df["mean"] - df["se"].fillna(0)).clip(lower=0)
+    df["hi"] = (df["mean"] + df["se"].fillna(0)).clip(upper=1)
+    top = float(max(df["ratio"].max(), 2.0))
+    ticks = sorted({1.0, top} | {float(2**k) for k in range(1, 8) if 2**k < top})
+    x = alt.X("ratio:Q", title="compression ratio (×, log)", axis=alt.Axis(values=ticks, format="~g"),
+              scale=alt.Scale(type="log", domain=[1, top], nice=False))
+    methods = sorted(m for m in df["method"].unique() if m != "dense")
+    color = alt.Color("method:N", title="method", scale=alt.Scale(domain=methods, scheme="tableau10"),
+                      legend=alt.Legend(symbolType="stroke", symbolOpacity=1, symbolStrokeWidth=3))
+    blocks = []
+    for model in sorted(raw["model"].unique()):
+        d = df[df["model"] == model]
+        sparse = d[d["method"] != "dense"]
+        dense = raw[(raw["model"] == model) & (raw["method"] == "dense")]
+        data = pd.concat([sparse.assign(kind="sparse"), dense.assign(kind="dense")], ignore_index=True)
+        base = alt.Chart(data)
+        band = base.transform_filter("datum.kind == 'sparse'").mark_area(opacity=0.15).encode(
+            x=x, y=alt.Y("lo:Q", title="mean score (± SE)", scale=alt.Scale(domain=[0, 1])), y2="hi:Q", color=color)
+        lines = base.transform_filter("datum.kind == 'sparse'").mark_line(point=True).encode(
+            x=x, y=alt.Y("mean:Q", title="mean score (± SE)", scale=alt.Scale(domain=[0, 1])), color=color,
+            tooltip=["model", "task", "length", "method", "ratio", "n", alt.Tooltip("mean:Q", format=".3f"),
+                     alt.Tooltip("se:Q", format=".3f")])
+        ref = base.transform_filter("datum.kind == 'dense'").mark_rule(color="grey", strokeDash=[5, 3]).encode(
+            y=alt.Y("mean:Q", title="mean score (± SE)", scale=alt.Scale(domain=[0, 1])))
+        blocks.append(alt.layer(band, ref, lines).properties(width=200, height=130).facet(
+            column=alt.Column("length:O", title=None, header=alt.Header(labelExpr="datum.value + ' tokens'")),
+            row=alt.Row("task:N", title=None),
+        ).properties(title=f"model {model}"))
+    if not blocks:
+        return _empty_chart("score vs ratio: no results", html_path, png_path)
+    n = int(raw["n"].min()) if len(raw) else 0
+    chart = alt.vconcat(*blocks).properties(title=alt.Title(
+        "Score vs compression ratio per task (mean ± standard error)",
+        subtitle=f"dashed grey: the model's dense score; n = {n} or more samples per point"))
     save_chart(chart, html_path, png_path)
 
 
