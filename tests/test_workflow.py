@@ -77,6 +77,10 @@ def test_end_to_end_and_exact_incremental_reruns(workflow, tiny_model):
         scores = [s for mm, _, s in samples if mm == m]
         assert n == 4 and mean == pytest.approx(sum(scores) / 4)
     assert pq.read_table(workflow.path("results/aggregate/summary.parquet")).num_rows == 2
+    # every scored sample carries its id and gold answer, so a score can be audited from the database alone
+    audit = con.execute("SELECT sample_id, gold_answer FROM samples WHERE model = 'tiny-a' "
+                        "ORDER BY sample_id").fetchall()
+    assert audit == [(r["sample_id"], r["answer"]) for r in data]
 
     html = workflow.path("results/charts/score_vs_ratio.html").read_text()
     assert "vega-embed" in html.lower() and "cdn.jsdelivr" not in html      # offline: Vega inlined

@@ -129,7 +129,8 @@ def iso_chart(points_path: str, kind: str, html_path: str, png_path: str) -> Non
             column=alt.Column("length:O", title=f"{phase} — prompt length (tokens)")))
     if not panels:
         return _empty_chart(f"{title}: no sparse method in this study", html_path, png_path)
-    subtitle = ["dashed: Pareto frontier; each line runs from its model's dense point (1×) through the method's ratios"]
+    subtitle = ["dashed: Pareto frontier; each line runs from its model's dense point (1×) through the method's "
+                "ratios"]
     if kind == "isotime":
         subtitle.append("wall clock of this study's runs (device and executor of each cell: its parquet metadata)")
     chart = alt.vconcat(*panels).properties(title=alt.Title(title, subtitle=subtitle)).resolve_scale(x="independent")

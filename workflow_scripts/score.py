@@ -22,8 +22,9 @@ def score_group(task: str, data_path: str, pred_paths: list[str]):
     from .tasks import load_task_class
 
     cls = load_task_class(task)
-    gold = {r["sample_id"]: json.loads(r["gold"])
-            for r in pq.read_table(data_path, columns=["sample_id", "gold"]).to_pylist()}
+    data = pq.read_table(data_path, columns=["sample_id", "gold", "answer"]).to_pylist()
+    gold = {r["sample_id"]: json.loads(r["gold"]) for r in data}
+    answer = {r["sample_id"]: r["answer"] for r in data}       # the gold answer, kept beside each score (audits)
     tables = []
     seen: set[tuple] = set()
     for path in pred_paths:
@@ -48,6 +49,7 @@ def score_group(task: str, data_path: str, pred_paths: list[str]):
         n = table.num_rows
         table = table.append_column("method", pa.array([cell["method"]] * n, pa.string()))
         table = table.append_column("ratio", pa.array([ratio] * n, pa.float64()))
+        table = table.append_column("gold_answer", pa.array([answer[i] for i in ids], pa.string()))
         tables.append(table.append_column("score", pa.array(scores, pa.float64())))
     return pa.concat_tables(tables, promote_options="default").sort_by(
         [("method", "ascending"), ("ratio", "ascending"), ("prefill_ratio", "ascending"),
