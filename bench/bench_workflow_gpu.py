@@ -216,20 +216,12 @@ def job_times(log: Path) -> list[tuple[str, float]]:
     return out
 
 
-def model_bytes() -> tuple[float, float]:
-    """(parameters without the input embedding, bytes of one token's KV over all layers) of the architecture."""
-    c = QWEN25_7B
-    h, L, H, G, D = c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"], c["num_key_value_heads"], \
-        c["head_dim"]
-    attn = h * H * D * 2 + 2 * h * G * D + (H + 2 * G) * D
-    params = L * (attn + 3 * h * c["intermediate_size"] + 2 * h) + c["vocab_size"] * h + h
-    return params, 2 * L * G * D * 2
-
-
 def cmd_report(a) -> None:
     import pyarrow.parquet as pq
 
+    from workflow_scripts.estimate import device_seconds
     from workflow_scripts.io import read_metadata
+    from workflow_scripts.server_plan import shape_from_config
 
     work = Path(a.work).resolve()
     wd = work / "wd"
@@ -246,7 +238,7 @@ def cmd_report(a) -> None:
     by_rule: dict[str, float] = {}
     for rule, s in jobs:
         by_rule[rule] = by_rule.get(rule, 0.0) + s
-    params, kv_token = model_bytes()
+    shape = shape_from_config(QWEN25_7B)
     cells, loads = {}, {}
     for L in cfg["lengths"]:
         for m in ["dense", *METHODS]:
@@ -265,12 +257,10 @@ def cmd_report(a) -> None:
             n_tok = sum(r["input_tokens"] for r in rows) / len(rows)
             limit = None
             if device:
-                lin = 2 * params * n_tok / (device["gemm_tflops"] * 1e12)
-                att_flops = 4 * QWEN25_7B["num_hidden_layers"] * 28 * 128 * n_tok**2 / 2       # causal
-                att = att_flops / (device["sdpa_tflops"][str(L)] * 1e12)
-                pre_limit = lin + att * (density if m in PREFILL else 1.0)
-                kv = kv_token * (n_tok + 16) * (density if m not in PREFILL else 1.0)
-                tok_limit = (params * 2 + kv) / (device["hbm_gbps"] * 1e9)
+                pre_limit, tok_limit = device_seconds(
+                    shape, 2, n_tok, cfg["max_new_tokens"], density if m in PREFILL else 1.0,
+                    density if m not in PREFILL else 1.0, device["gemm_tflops"] * 1e12,
+                    device["sdpa_tflops"][str(L)] * 1e12, device["hbm_gbps"] * 1e9)
                 limit = {"prefill_s": pre_limit, "decode_ms_per_token": tok_limit * 1e3,
                          "sample_s": pre_limit + tok_limit * (sum(steps) / len(steps))}
             cells[f"{L}/{m}"] = {
@@ -331,7 +321,7 @@ def cmd_report(a) -> None:
         checks["workflow wall / sum of the samples' prefill + decode (target <= 1.3)"] = wall / kernel_sum
     # prices for the GPU-hour estimate (workflow_scripts/estimate.py): load seconds per GB of weights, and a
     # calibration job's work beyond its load in dense prefills of one sample at its length
-    weights_gb = params * 2 / 1e9
+    weights_gb = shape.params * 2 / 1e9           # the whole checkpoint is read, as the estimate prices a load
     load_s_per_gb = (sum(loads.values()) / len(loads) / weights_gb) if loads else None
     cal_samples = [(c["seconds"]["total"] - c["seconds"].get("load", 0)) / cells[f"{c['length']}/dense"]["prefill_s"]
                    for c in calib if f"{c['length']}/dense" in cells]

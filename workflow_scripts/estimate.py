@@ -59,51 +59,63 @@ class Prices:
         self.gemm = dev["gemm_tflops"] * 1e12
         self.sdpa = {int(k): v * 1e12 for k, v in dev["sdpa_tflops"].items()}
         self.hbm = dev["hbm_gbps"] * 1e9
-        self.eff: dict[str, dict[int, tuple[float, float]]] = {}
-        for c in measured["cells"].values():
-            if c.get("limit"):
-                self.eff.setdefault(c["method"], {})[int(c["length"])] = (
-                    c["prefill_s"] / c["limit"]["prefill_s"],
-                    c["decode_ms_per_token"] / c["limit"]["decode_ms_per_token"])
-        self.density = {(c["method"], int(c["length"])): c["density"] for c in measured["cells"].values()}
+        # measured time / device limit per method and length, for the prefill and for one decode step
+        self.eff: dict[str, tuple[dict[int, float], dict[int, float]]] = {}
+        for cell in measured["cells"].values():
+            if cell.get("limit"):
+                pre, dec = self.eff.setdefault(cell["method"], ({}, {}))
+                pre[int(cell["length"])] = cell["prefill_s"] / cell["limit"]["prefill_s"]
+                dec[int(cell["length"])] = cell["decode_ms_per_token"] / cell["limit"]["decode_ms_per_token"]
         # model load seconds per GB of weights; a calibration job's work beyond its load, in dense samples
         self.load_s_per_gb = float(measured["load_s_per_gb"])
         self.calibration_share = float(measured.get("calibration_dense_samples") or 0.0)
 
-    def _interp(self, table: dict[int, tuple[float, float]], length: int, i: int) -> float:
+    @staticmethod
+    def _interp(table: dict[int, float], length: int) -> float:
+        """``table`` ({length: value}) at ``length``: linear in log-length between the measured lengths, the
+        nearest measured value outside them."""
         ks = sorted(table)
         if length <= ks[0]:
-            return table[ks[0]][i]
+            return table[ks[0]]
         if length >= ks[-1]:
-            return table[ks[-1]][i]
-        for lo, hi in zip(ks, ks[1:]):
-            if lo <= length <= hi:
-                w = (math.log(length) - math.log(lo)) / (math.log(hi) - math.log(lo))
-                return table[lo][i] * (1 - w) + table[hi][i] * w
-        raise AssertionError
+            return table[ks[-1]]
+        lo, hi = next((lo, hi) for lo, hi in zip(ks, ks[1:]) if lo <= length <= hi)
+        w = (math.log(length) - math.log(lo)) / (math.log(hi) - math.log(lo))
+        return table[lo] * (1 - w) + table[hi] * w
 
     def sdpa_rate(self, length: int) -> float:
-        return self._interp({k: (v, v) for k, v in self.sdpa.items()}, length, 0)
+        return self._interp(self.sdpa, length)
 
     def efficiency(self, method: str, length: int) -> tuple[float, float]:
-        table = self.eff.get(method) or self.eff["dense"]
-        return self._interp(table, length, 0), self._interp(table, length, 1)
+        pre, dec = self.eff.get(method) or self.eff["dense"]
+        return self._interp(pre, length), self._interp(dec, length)
+
+
+def device_seconds(shape, dtype_bytes: int, length: float, new_tokens: int, prefill_density: float,
+                   decode_density: float, gemm: float, sdpa: float, hbm: float) -> tuple[float, float]:
+    """The physical limit of one sample at a device's rates (FLOP/s, FLOP/s, bytes/s): (prefill s, s per decode
+    step). Prefill: the linear FLOPs (2 x parameters without the input embedding x length) at the GEMM rate plus
+    the causal attention FLOPs x density at the SDPA rate. Decode step: those weights and the kept KV cache (at
+    the mean length of the decode) read once at the HBM bandwidth. The benchmark's limits and the estimate's
+    prices both come from here."""
+    nonemb = shape.params - shape.vocab * shape.hidden
+    attn = 4 * shape.layers * shape.heads * shape.head_dim * length * length / 2       # causal
+    prefill = 2 * nonemb * length / gemm + attn * prefill_density / sdpa
+    kv_token = 2 * shape.layers * shape.kv_heads * shape.head_dim * dtype_bytes
+    step = (nonemb * dtype_bytes + kv_token * (length + new_tokens / 2) * decode_density) / hbm
+    return prefill, step
 
 
 def sample_seconds(shape, dtype_bytes: int, length: int, new_tokens: int, prefill_method: str,
                    prefill_density: float, decode_method: str, decode_density: float, prices: Prices
                    ) -> tuple[float, float]:
-    """(prefill s, decode s) of one sample of one cell on one GPU-equivalent."""
-    d = shape.heads * shape.head_dim
-    nonemb = shape.params - shape.vocab * shape.hidden
-    lin = 2 * nonemb * length
-    attn = 4 * shape.layers * d * length * length / 2                    # causal
+    """(prefill s, decode s) of one sample of one cell on one GPU-equivalent: the device limit times the
+    method's measured efficiency."""
+    prefill, step = device_seconds(shape, dtype_bytes, length, new_tokens, prefill_density, decode_density,
+                                   prices.gemm, prices.sdpa_rate(length), prices.hbm)
     pre_eff = prices.efficiency(prefill_method, length)[0]
-    prefill = (lin / prices.gemm + attn * prefill_density / prices.sdpa_rate(length)) * pre_eff
-    kv_token = 2 * shape.layers * shape.kv_heads * shape.head_dim * dtype_bytes
-    step = (shape.params * dtype_bytes + kv_token * (length + new_tokens / 2) * decode_density) / prices.hbm
     dec_eff = prices.efficiency(decode_method, length)[1]
-    return prefill, step * dec_eff * max(new_tokens - 1, 0)
+    return prefill * pre_eff, step * dec_eff * max(new_tokens - 1, 0)
 
 
 def estimate(cfg: dict, measured: dict) -> dict:

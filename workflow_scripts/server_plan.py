@@ -28,6 +28,7 @@ per visible GPU, see ``workflow_scripts/infer.py``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -100,6 +101,23 @@ def model_shape(path: str) -> ModelShape | None:
     except (OSError, ValueError):
         return None
     cfg = cfg.get("text_config", cfg)
+    shape = shape_from_config(cfg)
+    if shape is None:
+        return None
+    index = Path(path) / "model.safetensors.index.json"
+    stored = cfg.get("torch_dtype") or cfg.get("dtype")
+    if index.is_file() and stored in DTYPE_BYTES:
+        try:
+            params = int(json.loads(index.read_text())["metadata"]["total_size"]) // DTYPE_BYTES[stored]
+            shape = dataclasses.replace(shape, params=params)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    return shape
+
+
+def shape_from_config(cfg: dict) -> ModelShape | None:
+    """The architecture of a config.json's content, parameters counted from it (embeddings, attention with q/k/v
+    biases, gated MLP, norms, untied LM head unless tie_word_embeddings); None when a size key is missing."""
     try:
         hidden = int(cfg["hidden_size"])
         layers = int(cfg["num_hidden_layers"])
@@ -113,13 +131,6 @@ def model_shape(path: str) -> ModelShape | None:
     attn = hidden * heads * head_dim * 2 + 2 * hidden * kv_heads * head_dim + (heads + 2 * kv_heads) * head_dim
     per_layer = attn + 3 * hidden * inter + 2 * hidden
     params = layers * per_layer + vocab * hidden * (1 if cfg.get("tie_word_embeddings") else 2) + hidden
-    index = Path(path) / "model.safetensors.index.json"
-    stored = cfg.get("torch_dtype") or cfg.get("dtype")
-    if index.is_file() and stored in DTYPE_BYTES:
-        try:
-            params = int(json.loads(index.read_text())["metadata"]["total_size"]) // DTYPE_BYTES[stored]
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
     return ModelShape(params, layers, hidden, inter, heads, kv_heads, head_dim, vocab)
 
 
