@@ -24,6 +24,18 @@ def with_dense_anchor(df):
     return pd.concat([df, anchors[df.columns]], ignore_index=True)
 
 
+def ratio_scale(*largest):
+    """(scale, axis) of a compression-ratio axis: log, from 1 to the largest of ``largest`` (NaN ignored; at least
+    2), ticks at 1, the powers of two below and the end."""
+    import math
+
+    import altair as alt
+
+    top = float(max([2.0, *(float(x) for x in largest if x is not None and not math.isnan(float(x)))]))
+    ticks = sorted({1.0, top} | {float(2**k) for k in range(1, 8) if 2**k < top})
+    return alt.Scale(type="log", domain=[1, top], nice=False), alt.Axis(values=ticks, format="~g")
+
+
 def score_vs_ratio(summary_path: str, html_path: str, png_path: str) -> None:
     """Paper Fig. 4 analogue: per task and length, score against compression for each method, one model per row
     block; standard-error bands; the dense score as a dashed grey reference line; a log ratio
@@ -36,10 +48,8 @@ def score_vs_ratio(summary_path: str, html_path: str, png_path: str) -> None:
     df = with_dense_anchor(raw)
     df["lo"] = (df["mean"] - df["se"].fillna(0)).clip(lower=0)
     df["hi"] = (df["mean"] + df["se"].fillna(0)).clip(upper=1)
-    top = float(max(df["ratio"].max(), 2.0))
-    ticks = sorted({1.0, top} | {float(2**k) for k in range(1, 8) if 2**k < top})
-    x = alt.X("ratio:Q", title="compression ratio (×, log)", axis=alt.Axis(values=ticks, format="~g"),
-              scale=alt.Scale(type="log", domain=[1, top], nice=False))
+    scale, axis = ratio_scale(df["ratio"].max())
+    x = alt.X("ratio:Q", title="compression ratio (×, log)", axis=axis, scale=scale)
     methods = sorted(m for m in df["method"].unique() if m != "dense")
     color = alt.Color("method:N", title="method", scale=alt.Scale(domain=methods, scheme="tableau10"),
                       legend=alt.Legend(symbolType="stroke", symbolOpacity=1, symbolStrokeWidth=3))
@@ -147,11 +157,7 @@ def max_ratio_chart(summary_path: str, html_path: str, png_path: str) -> None:
     df = pd.read_parquet(summary_path)
     if df.empty:
         return _empty_chart("max retained compression: no sparse method in this study", html_path, png_path)
-    top = float(max(df["max_ratio"].max(), df["first_failed_ratio"].max(skipna=True) if
-                    df["first_failed_ratio"].notna().any() else 1.0, 2.0))
-    ticks = sorted({1.0, top} | {float(2**k) for k in range(1, 8) if 2**k < top})
-    scale = alt.Scale(type="log", domain=[1, top], nice=False)
-    axis = alt.Axis(values=ticks, format="~g")
+    scale, axis = ratio_scale(df["max_ratio"].max(), df["first_failed_ratio"].max(skipna=True))
     title = "certified ratio (×, log)"
     y = alt.Y("max_ratio:Q", title=title, scale=scale, axis=axis)
     base = alt.Chart(df).encode(x=alt.X("model:N", title=None))
