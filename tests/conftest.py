@@ -75,6 +75,19 @@ def parse_job_stats(text: str) -> dict[str, int]:
     return stats
 
 
+def tree(root: Path, skip=(".snakemake",)) -> dict[str, tuple]:
+    """Every path under ``root`` (files and folders) with its mode, size and mtime, except those below a folder
+    named in ``skip`` (by default Snakemake's own .snakemake): a snapshot to tell whether a command wrote anything."""
+    out = {}
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in skip)
+        for name in dirs + sorted(files):
+            p = Path(folder) / name
+            st = p.lstat()
+            out[str(p.relative_to(root))] = (st.st_mode, st.st_size, st.st_mtime_ns)
+    return out
+
+
 @pytest.fixture
 def workflow(tmp_path) -> Workflow:
     return Workflow(tmp_path / "wd")

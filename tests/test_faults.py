@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import ROOT, parse_job_stats
+from conftest import ROOT, parse_job_stats, tree
 
 PRED = "results/predictions/model=tiny/task=ruler_niah/length=1024/method={m}/ratio={r}/shard={s}/part.parquet"
 SCORE = "results/scores/model=tiny/task=ruler_niah/length=1024/part.parquet"
@@ -105,18 +105,6 @@ def wait_until_gone(workdir: Path, timeout: float = 60) -> None:
     while (left := live_processes(workdir)) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not left, left
-
-
-def tree(workdir: Path) -> dict[str, tuple]:
-    """Every path under ``workdir`` but Snakemake's own .snakemake, with size and mtime."""
-    out = {}
-    for p in sorted(workdir.rglob("*")):
-        rel = p.relative_to(workdir)
-        if rel.parts[0] == ".snakemake":
-            continue
-        st = p.lstat()
-        out[str(rel)] = (st.st_mode, st.st_size, st.st_mtime_ns)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import shutil
 
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, tree
 
 PRED_RE = re.compile(r"results/predictions/model=([^/]+)/task=([^/]+)/length=(\d+)/method=([^/]+)/ratio=([^/]+)"
                      r"/shard=(\d+)/part\.parquet")
@@ -71,30 +71,19 @@ def test_readme_study_example_plans_only_its_own_model_and_methods(workflow, tin
     assert shards == expected
 
 
-def _tree_state(root):
-    skip = {".git", ".venv", ".snakemake", ".pytest_cache", "__pycache__"}
-    state = {}
-    for path in root.rglob("*"):
-        rel = path.relative_to(root)
-        if skip & set(rel.parts) or not path.is_file():
-            continue
-        st = path.stat()
-        state[str(rel)] = (st.st_size, st.st_mtime_ns)
-    return state
-
-
 def test_dry_run_of_the_default_study_leaves_the_working_tree_unchanged():
     """`snakemake -n` in the project folder (the default study, config.yaml, with the workflow profile): every file
     outside Snakemake's own .snakemake folder stays as it was (no rendezvous files, no results, no logs)."""
     import subprocess
     import sys
 
-    before = _tree_state(ROOT)
+    skip = (".git", ".venv", ".snakemake", ".pytest_cache", "__pycache__")
+    before = tree(ROOT, skip)
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n"], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Job stats" in proc.stdout + proc.stderr or "Nothing to be done" in proc.stdout + proc.stderr
-    after = _tree_state(ROOT)
+    after = tree(ROOT, skip)
     changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
     assert not changed, changed
 
