@@ -642,19 +642,22 @@ class Study:
         pre, phash = self.calibration_key(method)
         return CALIB.format(model=model, length=length, method=pre, phash=phash)
 
+    def _calibrations(self) -> dict[tuple[str, str], set[float]]:
+        """{(prefill component, params hash): prefill ratios} of every calibration the study needs (memoised;
+        makes every calibrated method's key and hyperparameters known)."""
+        if "_calib_ratios" not in self.__dict__:
+            memo: dict[tuple[str, str], set[float]] = {}
+            for method in self.cfg["methods"]:
+                if self.calibrated(method):
+                    ratios = memo.setdefault(self.calibration_key(method), set())
+                    ratios.update(float(cr) for r in self.ratios[method]
+                                  if (cr := self.calibration_ratio(method, r)) is not None)
+            self._calib_ratios = memo
+        return self._calib_ratios
+
     def calibration_ratios(self, component: str, phash: str) -> list[float]:
         """Every prefill ratio (sorted) the study runs the calibration (component, phash) at."""
-        memo = self.__dict__.setdefault("_calib_ratios", {})
-        if not memo:
-            for method in self.cfg["methods"]:
-                if not self.calibrated(method):
-                    continue
-                key = self.calibration_key(method)
-                for ratio in self.ratios[method]:
-                    cr = self.calibration_ratio(method, ratio)
-                    if cr is not None:
-                        memo.setdefault(key, set()).add(float(cr))
-        return sorted(memo.get((component, phash), ()))
+        return sorted(self._calibrations().get((component, phash), ()))
 
     def calibration_data_path(self, model: str, task: str, length: int | str) -> str:
         return CALIB_DATA.format(tokenizer=self.tokenizer_key(model), task=task, length=length, mode=self.mode(model))
@@ -769,9 +772,7 @@ class Study:
         """What a calibration's budgets depend on (all but the list of ratios solved, which only adds budgets)."""
         m = self.models[model]
         cal = self.calibration_settings()
-        for method in self.cfg["methods"]:          # make sure every calibrated method's key is known
-            if self.calibrated(method):
-                self.calibration_key(method)
+        self._calibrations()                        # every calibrated method's key and hyperparameters known
         return {
             "model": model, "model_path": self.model_dir(model), "tokenizer": self.tokenizer_path(model),
             "dtype": m["dtype"], "device": m["device"], "length": int(length),

@@ -26,9 +26,6 @@ property (a changed cell reruns only itself) and that a dry run writes nothing.
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-
 # SHA-1 of the source of the methods wrapped (Snakemake 9.27.1)
 FINGERPRINTS = {"exists": "303bf04383bd2baadc4929d6a4bd4cabfbe66f8a",
                 "mtime_uncached": "d1f71592844028db0cf832833dbfec8bace7189e"}
@@ -47,11 +44,13 @@ def apply() -> bool:
     import snakemake.api  # noqa: F401  (import order: snakemake.io alone can be a circular import)
     from snakemake.io import Mtime, _IOFile
 
+    from .snakemake_speedups import fingerprint
+
     if getattr(_IOFile.exists, "_sfw_service_inputs", False):
         return True
     originals = {name: getattr(_IOFile, name) for name in FINGERPRINTS}
     for name, func in originals.items():
-        if hashlib.sha1(inspect.getsource(func).encode()).hexdigest() != FINGERPRINTS[name]:
+        if fingerprint(func) != FINGERPRINTS[name]:
             return False
     exists_, mtime_ = originals["exists"], originals["mtime_uncached"]
 

@@ -16,7 +16,6 @@ then warns). tests/test_hf_workflow.py checks the property (a new ratio plans it
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import textwrap
 from collections import deque
@@ -45,8 +44,10 @@ def apply() -> bool:
     func = dag_module.DAG.update_needrun
     if getattr(func, "_sfw_fixed", False):
         return True
+    from .snakemake_speedups import fingerprint
+
     src = inspect.getsource(func)
-    if hashlib.sha1(src.encode()).hexdigest() != FINGERPRINT or src.count(OLD) != 1:
+    if fingerprint(func) != FINGERPRINT or src.count(OLD) != 1:
         return False
     ns = dict(vars(dag_module))
     ns["_sfw_mask_downstream"] = _sfw_mask_downstream
