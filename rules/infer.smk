@@ -23,6 +23,8 @@ from workflow_scripts import service_inputs
 LOADS = sfs.LoadPlan(STUDY)
 for _stale in LOADS.remove_stale():
     logger.info(f"model_server: removed {_stale}, left by a server whose Snakemake was killed")
+# every cell of a load in flight at once, so that a unit's decode-side cells share their prefill (see there)
+service_inputs.widen_local_pool(LOADS.max_load_cells)
 if not service_inputs.apply():
     logger.warning("model_server: unknown Snakemake version; creating rendezvous placeholders (a dry run writes them)")
     try:
@@ -87,4 +89,5 @@ rule model_server:
         ' printf \'{{"address": "%s", "pid": %d, "host": "%s"}}\\n\' "$addr" $$ "$HOSTNAME"'
         " > {output:q};"
         ' exec {PY} workflow_scripts.server --listen "$addr" --address-file {output:q} --parent $PPID'
-        " --server {wildcards.server:q} --threads {threads} > {log:q} 2>&1"
+        " --server {wildcards.server:q} --threads {threads} --share-prefill {LOADS.share_flag}"
+        " > {log:q} 2>&1"

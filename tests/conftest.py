@@ -12,6 +12,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+# result columns that describe how a run went, not what it computed (they differ between identical reruns)
+RUN_COLUMNS = frozenset({"prefill_ms", "prefill_shared_by", "decode_ms_per_token", "peak_mem_mb"})
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import ROOT, parse_job_stats, tree
+from conftest import ROOT, RUN_COLUMNS, parse_job_stats, tree
 
 PRED = "results/predictions/model=tiny/task=ruler_niah/length=1024/method={m}/ratio={r}/shard={s}/part.parquet"
 SCORE = "results/scores/model=tiny/task=ruler_niah/length=1024/part.parquet"
@@ -39,8 +39,7 @@ DATA = "results/data/tokenizer=tiny/task=ruler_niah/length=1024/mode=direct/samp
 SUMMARY = "results/aggregate/summary.parquet"
 CELLS = [("dense", 1), ("snapkv", 2)]
 PREDS = [PRED.format(m=m, r=r, s=s) for m, r in CELLS for s in (0, 1)]
-TIMING = {"prefill_ms", "decode_ms_per_token", "peak_mem_mb", "mean_prefill_ms", "mean_decode_ms_per_token",
-          "max_peak_mem_mb"}
+TIMING = RUN_COLUMNS | {"mean_prefill_ms", "mean_decode_ms_per_token", "max_peak_mem_mb"}
 UNTIL = ("--until", "aggregate")      # the study up to its aggregate (the charts after it add nothing here)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process and socket checks: Linux")

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from conftest import RUN_COLUMNS
 from workflow_scripts.io import read_metadata
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +37,7 @@ PRED = "results/predictions/model=tiny/task=ruler_niah/length=1024/method={m}/ra
 LOG = "results/logs/infer/model=tiny/task=ruler_niah/length=1024/method={m}/ratio={r}/shard={s}.log"
 SERVER_LOG = "results/logs/model_server/model=tiny.log"
 CELLS = [("dense", 1), ("snapkv", 2), ("quest", 2)]
-TIMING = {"prefill_ms", "decode_ms_per_token", "peak_mem_mb"}
+TIMING = RUN_COLUMNS
 
 
 def study(model: str) -> dict:
@@ -108,6 +109,9 @@ def test_one_model_load_serves_many_cells(workflow, tiny_model, tmp_path):
     for p in targets():
         assert rows(workflow.path(p)) == rows(ref / p), p
         assert "model_server" not in read_metadata(ref / p)
+        # the three decode-side cells of a shard shared one dense prefill per sample in the server, not alone
+        assert {r["prefill_shared_by"] for r in pq.read_table(workflow.path(p)).to_pylist()} == {3}, p
+        assert {r["prefill_shared_by"] for r in pq.read_table(ref / p).to_pylist()} == {1}, p
 
     # --- 2. regrouping is not a rerun trigger ----------------------------------------------------------------------
     regrouped = copy.deepcopy(cfg)

@@ -14,6 +14,8 @@ method:
   benchmark's lengths, the nearest one outside them);
 * decode seconds per token = (weight bytes + kept KV bytes) / the measured HBM bandwidth, times the method's measured
   efficiency; every sample is priced at ``max_new_tokens`` (greedy decoding may stop earlier at EOS: an upper bound);
+* the decode-side cells (dense, SnapKV, Ada-SnapKV, Quest) of one task, length and shard share one dense prefill
+  per sample (``model_server.share_prefill``, ``server_plan.LoadPlan.prefills_per_sample``): priced once;
 * model loads: one per load of the study's load plan (``server_plan``), at the measured load seconds per GB of
   weights; calibration: one job per (model, length, calibrated method), priced as its measured share of a dense
   sample (model load + the dense prefill of its samples + the solve);
@@ -134,6 +136,8 @@ def estimate(cfg: dict, measured: dict) -> dict:
                              "paper; the estimate needs the architecture")
     new = int(study.cfg["max_new_tokens"])
     rows: dict[str, dict[str, float]] = {}
+    prefills = plan.prefills_per_sample()
+    shared_price: dict[tuple, tuple[float, int]] = {}    # (model, task, length) -> (dense prefill s, GPUs)
     for c in study.cells():
         m = study.models[c.model]
         if m["device"] != "cuda":
@@ -146,9 +150,15 @@ def estimate(cfg: dict, measured: dict) -> dict:
                   for k in ("prefill_method", "decode_method"))
         p_s, d_s = sample_seconds(shape, b, c.length, new, pm, 1 / pre, dm, 1 / dec, prices)
         r = rows.setdefault(c.model, {"calibration": 0.0, "load": 0.0, "prefill": 0.0, "decode": 0.0, "gpus": 0})
-        r["prefill"] += p_s * study.cfg["samples"] * gpus
+        if plan.shares_prefill(c.method):       # priced once per shared prefill, below
+            shared_price[(c.model, c.task, c.length)] = (p_s, gpus)
+        else:
+            r["prefill"] += p_s * study.cfg["samples"] * gpus
         r["decode"] += d_s * study.cfg["samples"] * gpus
         r["gpus"] = max(r["gpus"], gpus)
+    for key, (p_s, gpus) in shared_price.items():
+        own = sum(1 for c in study.cells() if (c.model, c.task, c.length) == key and not plan.shares_prefill(c.method))
+        rows[key[0]]["prefill"] += p_s * (prefills[key][1] - own) * study.cfg["samples"] * gpus
     for load in plan.loads.values():
         if load.model in rows:
             shape, m = shapes[load.model], study.models[load.model]
@@ -167,14 +177,20 @@ def estimate(cfg: dict, measured: dict) -> dict:
     for r in rows.values():
         r["total"] = sum(r[k] for k in ("calibration", "load", "prefill", "decode"))
     total = sum(r["total"] for r in rows.values())
+    n_before = sum(b for b, _a in prefills.values())
+    n_after = sum(a for _b, a in prefills.values())
     return {"device": prices.device, "rows_gpu_s": rows, "total_gpu_s": total,
-            "cells": len(study.cells()) * study.n_shards, "loads": len(plan.loads)}
+            "cells": len(study.cells()) * study.n_shards, "loads": len(plan.loads),
+            "prefills_per_sample": {"without_sharing": n_before / max(len(prefills), 1),
+                                    "with_sharing": n_after / max(len(prefills), 1)}}
 
 
 def render(est: dict) -> str:
     h = 3600.0
     lines = [f"GPU-hour estimate on {est['device']} ({est['cells']:,} cell shards, {est['loads']:,} model loads); "
-             "decode priced at max_new_tokens per sample (an upper bound)", "",
+             "decode priced at max_new_tokens per sample (an upper bound); prefills per sample "
+             f"{est['prefills_per_sample']['with_sharing']:g} ({est['prefills_per_sample']['without_sharing']:g} "
+             "without the shared dense prefill of the decode-side cells)", "",
              "| model | GPUs per load | calibration | model loads | prefill | decode | total GPU-h |",
              "|---|---|---|---|---|---|---|"]
     for name, r in est["rows_gpu_s"].items():

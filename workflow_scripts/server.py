@@ -63,6 +63,8 @@ from .server_plan import SALVAGE_DIR
 
 PROTOCOL = 1
 MODEL_KEYS = ("model_path", "tokenizer", "dtype", "device")
+GATHER_S = 1.0           # requests arriving within this long of the last one are served together (shared prefill)
+GATHER_MAX_S = 10.0
 GRACE_S = 2.0            # an error reply waits until no request has been queued for this long
 WATCHDOG_S = 2.0
 # Safety net: exit after this long without any client (Snakemake stops the server as soon as its cells are done;
@@ -274,8 +276,9 @@ class Terminate(Exception):
 
 class Server:
     def __init__(self, server: str, address: str, threads: int, address_file: str | None = None,
-                 parent: int | None = None):
+                 parent: int | None = None, share: bool = True):
         self.server = server
+        self.share = share            # decode-side cells of one task, length and shard share their dense prefill
         self.address_file = address_file
         self.root = Path.cwd().resolve()
         self.spec: dict | None = None          # the model, from the first request (MODEL_KEYS)
@@ -311,7 +314,7 @@ class Server:
                 except queue.Empty:
                     self._flush_errors()
                     continue
-                self._handle(conn, req)
+                self._handle(self._gather((conn, req)))
         except Terminate:
             pass
         finally:
@@ -386,40 +389,108 @@ class Server:
         raise Terminate()
 
     # -- requests
-    def _handle(self, conn: Connection, req: dict) -> None:
-        if conn.gone():
-            log(f"client of {req.get('out')} is gone; skipping it")
-            conn.close()
-            return
+    def _gather(self, first: tuple) -> list[tuple]:
+        """``first`` and every request queued behind it; while one of them can share its prefill
+        (``infer.share_key``), also those arriving within ``GATHER_S`` of the last one (Snakemake starts the cells
+        of a group within moments of each other), for at most ``GATHER_MAX_S``."""
+        from .infer import share_key
+
+        items = [first]
+        t0 = time.monotonic()
+        while True:
+            try:
+                while True:
+                    items.append(self.requests.get_nowait())
+            except queue.Empty:
+                pass
+            if not self.share or not any(isinstance(r.get("cell"), dict) and share_key(r["cell"], r.get("data"))
+                                         for _c, r in items):
+                return items
+            wait = min(GATHER_S, GATHER_MAX_S - (time.monotonic() - t0))
+            if wait <= 0:
+                return items
+            try:
+                items.append(self.requests.get(timeout=wait))
+            except queue.Empty:
+                return items
+
+    def _handle(self, items: list[tuple]) -> None:
+        """Serve gathered requests: refuse or restore what needs no model, then run the rest with
+        ``infer.run_cells`` (sample-major shared prefill among decode-side cells of one task, length and shard);
+        each client gets its reply as soon as its cell ends (error replies are held back, see *Errors*)."""
+        from . import infer
+
         self.busy = True
-        out = req.get("out", "?")
-        t0 = time.perf_counter()
-        log(f"cell {self.served + self.failed + 1}: {out}")
         try:
-            restored = self._run(conn, req)
-        except Refused as e:
-            log(f"{e} (cell {out})")
-            conn.send({"type": "done", "status": "error", "exit": 1, "traceback": f"{e}\n"})
-            conn.close()
-            return
-        except BaseException as e:             # noqa: B902 - a cell's SystemExit (fault hooks) fails that cell only
-            if self.terminating or isinstance(e, (KeyboardInterrupt, Terminate)):
-                raise
-            code = e.code if isinstance(e, SystemExit) and isinstance(e.code, int) and e.code else 1
-            tb = traceback.format_exc()
-            self.failed += 1
-            log(f"cell failed: {out}\n{tb}")
-            self.pending.append((conn, req, tb, code))
-            self._free_cuda()
-        else:
-            self.served += 1
-            secs = time.perf_counter() - t0
-            log(f"cell done in {secs:.1f}s{' (restored from salvage)' if restored else ''}: {out}")
-            conn.send({"type": "done", "status": "ok", "restored": restored, "load_id": self.load_id,
-                       "seconds": secs})
-            conn.close()
+            jobs, conns = [], {}
+            for conn, req in items:
+                out = req.get("out", "?")
+                if conn.gone():
+                    log(f"client of {out} is gone; skipping it")
+                    conn.close()
+                    continue
+                log(f"cell {self.served + self.failed + len(jobs) + 1}: {out}")
+                try:
+                    if self._admit(conn, req):
+                        self.served += 1
+                        conn.send({"type": "done", "status": "ok", "restored": True, "load_id": self.load_id,
+                                   "seconds": 0.0})
+                        conn.close()
+                        continue
+                except Refused as e:
+                    log(f"{e} (cell {out})")
+                    conn.send({"type": "done", "status": "error", "exit": 1, "traceback": f"{e}\n"})
+                    conn.close()
+                    continue
+                except Exception as e:         # noqa: BLE001 - fails this cell only
+                    self._failed(conn, req, infer._with_traceback(e))
+                    continue
+                meta = {"model_server": {"server": self.server, "load_id": None, "pid": os.getpid(),
+                                         "host": platform.node(), "cell_index": self.served + self.failed + len(jobs)}}
+                jobs.append(infer.Job(req["cell"], req["data"], out, ClientStream(conn), meta))
+                conns[out] = (conn, req, time.perf_counter())
+            if not jobs:
+                return
+            try:
+                loaded = self._model(jobs[0].cell)
+            except BaseException as e:         # noqa: B902 - the load fails every cell that needs it
+                if self.terminating or isinstance(e, (KeyboardInterrupt, Terminate)):
+                    raise
+                err = infer._with_traceback(e)
+                for job in jobs:
+                    self._failed(*conns[job.out][:2], err)
+                return
+            for job in jobs:
+                job.metadata["model_server"]["load_id"] = self.load_id
+
+            def done(out: str, err: BaseException | None) -> None:
+                conn, req, t0 = conns[out]
+                if err is not None:
+                    if self.terminating or isinstance(err, (KeyboardInterrupt, Terminate)):
+                        raise err
+                    self._failed(conn, req, err)
+                    self._free_cuda()
+                    return
+                self._keep_salvage(req)
+                self.served += 1
+                secs = time.perf_counter() - t0
+                log(f"cell done in {secs:.1f}s: {out}")
+                conn.send({"type": "done", "status": "ok", "restored": False, "load_id": self.load_id,
+                           "seconds": secs})
+                conn.close()
+
+            infer.run_cells(jobs, int(items[0][1].get("threads") or self.threads), loaded, share=self.share,
+                            on_done=done)
         finally:
             self.busy = False
+
+    def _failed(self, conn: Connection, req: dict, err: BaseException) -> None:
+        """A failed cell: its reply (traceback, exit status; a fault hook's SystemExit keeps its code) waits."""
+        code = err.code if isinstance(err, SystemExit) and isinstance(err.code, int) and err.code else 1
+        tb = getattr(err, "sfw_traceback", None) or f"{type(err).__name__}: {err}\n"
+        self.failed += 1
+        log(f"cell failed: {req.get('out')}\n{tb}")
+        self.pending.append((conn, req, tb, code))
 
     def _flush_errors(self) -> None:
         if not self.pending or not self.requests.empty():
@@ -435,10 +506,11 @@ class Server:
             self._device_id = device_identity(self.spec["device"] if self.spec else "auto")
         return self._device_id
 
-    def _run(self, conn: Connection, req: dict) -> bool:
-        """Run (or restore) one cell; True if restored from salvage."""
-        from . import infer
+    def _salvage_path(self, req: dict) -> Path:
+        return self.salvage_dir / f"{_path_tag(req['out'])}.{salvage_key(req, self._device())}.parquet"
 
+    def _admit(self, conn: Connection, req: dict) -> bool:
+        """Check a request (trust, model); restore its output from salvage if an earlier attempt wrote it (True)."""
         check_request(req, self.root)
         cell, out = req["cell"], req["out"]
         if self.spec is None:
@@ -447,33 +519,30 @@ class Server:
         if mismatch:
             raise RuntimeError(f"cell {out} needs another model than server {self.server} serves "
                                f"(cell, server): {mismatch}")
-        key = salvage_key(req, self._device())
-        tag = _path_tag(out)
-        salvage = self.salvage_dir / f"{tag}.{key}.parquet"
-        if salvage.exists():
-            out_p = Path(out)
-            out_p.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out_p.with_name(f".{out_p.name}.{uuid.uuid4().hex[:8]}.tmp")
-            hardlink_or_copy(salvage, tmp)
-            os.replace(tmp, out_p)
-            self.salvage_used.append(salvage)
-            conn.send({"type": "log", "text": f"restored {out} from {salvage} (written by an earlier attempt of "
-                                              "this cell with identical inputs, code and device)\n"})
-            return True
-        loaded = self._model(cell)
-        meta = {"model_server": {"server": self.server, "load_id": self.load_id, "pid": os.getpid(),
-                                 "host": platform.node(), "cell_index": self.served + self.failed}}
-        stream = ClientStream(conn)
-        with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
-            infer.run(cell, req["data"], out, int(req.get("threads") or self.threads), loaded=loaded, metadata=meta)
+        salvage = self._salvage_path(req)
+        if not salvage.exists():
+            return False
+        out_p = Path(out)
+        out_p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_p.with_name(f".{out_p.name}.{uuid.uuid4().hex[:8]}.tmp")
+        hardlink_or_copy(salvage, tmp)
+        os.replace(tmp, out_p)
+        self.salvage_used.append(salvage)
+        conn.send({"type": "log", "text": f"restored {out} from {salvage} (written by an earlier attempt of "
+                                          "this cell with identical inputs, code and device)\n"})
+        log(f"restored from salvage: {out}")
+        return True
+
+    def _keep_salvage(self, req: dict) -> None:
+        """Hard-link a finished output into salvage (replacing an older version of that output)."""
+        salvage = self._salvage_path(req)
         self.salvage_dir.mkdir(parents=True, exist_ok=True)
-        for old in glob.glob(str(self.salvage_dir / f"{tag}.*.parquet")):   # an older version of this output
+        for old in glob.glob(str(self.salvage_dir / f"{_path_tag(req['out'])}.*.parquet")):
             with contextlib.suppress(OSError):
                 os.unlink(old)
         with contextlib.suppress(OSError):
-            hardlink_or_copy(out, salvage)
+            hardlink_or_copy(req["out"], salvage)
             self.salvage_used.append(salvage)
-        return False
 
     def _model(self, cell: dict):
         if self.loaded is not None:
@@ -510,8 +579,10 @@ def main(argv=None) -> None:
     ap.add_argument("--address-file", default=None, help="the rendezvous file naming this server (removed when "
                                                           "the parent process goes away)")
     ap.add_argument("--parent", type=int, default=None, help="the Snakemake process (default: the parent process)")
+    ap.add_argument("--share-prefill", default="true", choices=["true", "false"],
+                    help="one dense prefill per sample for the decode-side cells of one task, length and shard")
     a = ap.parse_args(argv)
-    Server(a.server, a.listen, a.threads, a.address_file, a.parent).serve()
+    Server(a.server, a.listen, a.threads, a.address_file, a.parent, a.share_prefill == "true").serve()
 
 
 if __name__ == "__main__":

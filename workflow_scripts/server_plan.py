@@ -40,7 +40,7 @@ from functools import lru_cache
 from pathlib import Path
 
 GROUP_KEYS = ("model", "task", "length", "method", "ratio", "shard")
-DEFAULTS = {"group": ["model"], "max_cells": 200, "max_hours": 24.0, "gpu_memory_gb": 80.0}
+DEFAULTS = {"group": ["model"], "max_cells": 200, "max_hours": 24.0, "gpu_memory_gb": 80.0, "share_prefill": True}
 ADDRESS = "results/model_server/{server}.json"
 LOG = "results/logs/model_server/{server}.log"
 SALVAGE_DIR = "results/model_server/salvage"
@@ -215,8 +215,12 @@ class LoadPlan:
         if shape is None:
             return None
         cfg = self.study.cfg
-        return memory_need(shape, self.study.models[model]["dtype"], length, cfg["max_new_tokens"],
+        need = memory_need(shape, self.study.models[model]["dtype"], length, cfg["max_new_tokens"],
                            cfg["batch_size"])
+        if sum(len(self.study.ratios[m]) for m in cfg["methods"] if self.shares_prefill(m)) > 1:
+            # the shared dense prefill's prompt cache lives beside the private copy of the cell decoding from it
+            need["shared_prompt"] = need["kv_cache"] * length // (length + cfg["max_new_tokens"])
+        return need
 
     def gpus(self, model: str, length: int) -> int:
         """GPUs of a load of ``model`` up to prompt length ``length``: 0 unless ``device: cuda``."""
@@ -233,29 +237,43 @@ class LoadPlan:
         study, keys = self.study, self.keys
         groups: dict[tuple, list[tuple]] = {}
         tasks = {t: i for i, t in enumerate(study.cfg["tasks"])}
-        for c in sorted(study.cells(), key=lambda c: (c.length, tasks[c.task])):   # stable: config order after
-            for shard in range(study.n_shards):
-                cell = (c.model, c.task, c.length, c.method, c.ratio, shard)
-                gk = tuple(cell[GROUP_KEYS.index(k)] for k in keys)
-                groups.setdefault(gk, []).append(cell)
+        cells = sorted(study.cells(), key=lambda c: (c.length, tasks[c.task]))   # stable: config order after
+        order = {(c.method, c.ratio): i for i, c in enumerate(cells)}
+        # (length, task, shard) units, methods in config order within each: the decode-side cells of a unit share
+        # one dense prefill per sample when they are served by one load (workflow_scripts/infer.run_cells)
+        keyed = sorted(((c.model, c.task, c.length, c.method, c.ratio, shard) for c in cells
+                        for shard in range(study.n_shards)),
+                       key=lambda k: (k[2], tasks[k[1]], k[5], order[(k[3], k[4])]))
+        for cell in keyed:
+            gk = tuple(cell[GROUP_KEYS.index(k)] for k in keys)
+            groups.setdefault(gk, []).append(cell)
         max_cells = int(self.settings["max_cells"])
         max_minutes = float(self.settings["max_hours"]) * 60
         cell_min: dict[tuple, float] = {}
-        for gk, cells in groups.items():
-            model = cells[0][0]
+        for gk, group in groups.items():
+            model = group[0][0]
             load_min = self.load_minutes(model)
+            units: dict[tuple, list[tuple]] = {}
+            for cell in group:
+                units.setdefault((cell[1], cell[2], cell[5]), []).append(cell)
             chunks: list[list[tuple]] = [[]]
             minutes = [load_min]
-            for cell in cells:
-                key = (model, cell[2], cell[5])
+            for unit in units.values():
+                key = (model, unit[0][2], unit[0][5])
                 if key not in cell_min:
-                    cell_min[key] = self.cell_minutes(model, cell[2], cell[5])
+                    cell_min[key] = self.cell_minutes(model, unit[0][2], unit[0][5])
                 t = cell_min[key]
-                if chunks[-1] and (len(chunks[-1]) >= max_cells or minutes[-1] + t > max_minutes):
-                    chunks.append([])
+                whole = len(unit) <= max_cells and t * len(unit) + load_min <= max_minutes
+                if whole and chunks[-1] and (len(chunks[-1]) + len(unit) > max_cells
+                                             or minutes[-1] + t * len(unit) > max_minutes):
+                    chunks.append([])            # a unit stays in one load, so its cells can share their prefill
                     minutes.append(load_min)
-                chunks[-1].append(cell)
-                minutes[-1] += t
+                for cell in unit:
+                    if chunks[-1] and (len(chunks[-1]) >= max_cells or minutes[-1] + t > max_minutes):
+                        chunks.append([])
+                        minutes.append(load_min)
+                    chunks[-1].append(cell)
+                    minutes[-1] += t
             base = "/".join(f"{k}={v}" for k, v in zip(keys, gk))
             for i, (chunk, mins) in enumerate(zip(chunks, minutes)):
                 lid = base if len(chunks) == 1 else f"{base}/part={i}"
@@ -264,7 +282,46 @@ class LoadPlan:
                 for cell in chunk:
                     self.server_of[cell] = lid
 
+    # -- the shared prefill
+    def shares_prefill(self, method: str) -> bool:
+        """Whether ``method``'s cells take their dense prefill from the one shared by the decode-side cells of
+        their task, length and shard (workflow_scripts/infer.share_key: no prefill method, no recall)."""
+        from sparse_kernels.registry import split_method
+
+        return bool(self.settings["share_prefill"]) and not self.study.cfg.get("recall") \
+            and split_method(method)[0] is None
+
+    def prefills_per_sample(self) -> dict[tuple, tuple[int, float]]:
+        """{(model, task, length): (prefills per sample without sharing, with it)}: one per cell without; with
+        it, one per prefill-side cell plus one per load that serves decode-side cells of the sample's shard
+        (one, since a load keeps a (task, length, shard) unit whole unless max_cells is smaller than it)."""
+        cells: dict[tuple, int] = {}
+        own: dict[tuple, int] = {}
+        loads: dict[tuple, set] = {}
+        for (model, task, length, method, ratio, shard), lid in self.server_of.items():
+            if shard == 0:
+                cells[(model, task, length)] = cells.get((model, task, length), 0) + 1
+            if self.shares_prefill(method):
+                loads.setdefault((model, task, length, shard), set()).add(lid)
+            elif shard == 0:
+                own[(model, task, length)] = own.get((model, task, length), 0) + 1
+        shards = self.study.n_shards
+        out = {}
+        for key, n in cells.items():
+            shared = sum(len(loads.get((*key, s), ())) for s in range(shards)) / shards
+            out[key] = (n, own.get(key, 0) + shared)
+        return out
+
     # -- lookups for the rules
+    @property
+    def max_load_cells(self) -> int:
+        return max((len(load.cells) for load in self.loads.values()), default=0)
+
+    @property
+    def share_flag(self) -> str:
+        """The server's --share-prefill argument (model_server.share_prefill)."""
+        return "true" if self.settings["share_prefill"] else "false"
+
     def server(self, model: str, task: str, length, method: str, ratio: str, shard) -> str:
         return self.server_of[(model, task, int(length), method, ratio, int(shard))]
 

@@ -67,3 +67,33 @@ def apply() -> bool:
         func.__doc__ = originals[name].__doc__
         setattr(_IOFile, name, func)
     return True
+
+
+def widen_local_pool(extra: int) -> bool:
+    """Give Snakemake's local executor ``extra`` more worker threads than its ``cores + 5``.
+
+    The local executor runs every job, threads: 0 ones included, on one thread pool of ``cores + 5`` workers, and
+    a job holds its worker until it ends. A model server holds one for its whole life, and its cells (thin clients,
+    threads: 0) get the rest, so locally, and inside each SLURM group job, at most ``cores + 4`` cells of a load
+    could be in flight at once. The server runs the decode-side cells of one task, length and shard that are in
+    flight together sample-major with one shared dense prefill (workflow_scripts/infer.run_cells): with more
+    cells per unit than workers, the unit would be split and its prefill recomputed. With ``extra`` = the largest
+    load's cell count, every cell of a load can wait on its server at once (each is a small standard-library
+    client process). False (nothing changed) when the executor lacks the attributes this relies on."""
+    import concurrent.futures
+
+    from snakemake.executors import local
+
+    cls = local.Executor
+    orig = getattr(cls.__post_init__, "_sfw_original", cls.__post_init__)
+
+    def __post_init__(self):
+        orig(self)
+        if isinstance(getattr(self, "workers", None), int) and hasattr(self, "pool"):
+            self.workers += __post_init__.extra
+            self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.workers)
+
+    __post_init__._sfw_original = orig
+    __post_init__.extra = max(int(extra), 0)
+    cls.__post_init__ = __post_init__
+    return True

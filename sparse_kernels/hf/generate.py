@@ -90,7 +90,8 @@ def resolve_fast_decode(fast_decode, session, device) -> str:
 @torch.inference_mode()
 def greedy_generate(model, prompts: list[list[int]], max_new_tokens: int, eos_ids: set[int], pad_id: int,
                     cache=None, session=None, return_logits: bool = False, fast_decode=None,
-                    eos_check_every: int = 1, graph_warmup: int = 2, min_graph_steps: int = 4) -> GenerationOutput:
+                    eos_check_every: int = 1, graph_warmup: int = 2, min_graph_steps: int = 4,
+                    record=None) -> GenerationOutput:
     """Greedy decoding of a batch of token-id prompts (left padding) until EOS or ``max_new_tokens``.
 
     ``session``: a :class:`~sparse_kernels.hf.session.SparseSession` (sparse methods, or dense through our
@@ -103,7 +104,11 @@ def greedy_generate(model, prompts: list[list[int]], max_new_tokens: int, eos_id
     ``eos_check_every``: steps between EOS checks of the fast path (each is one host sync; extra steps after
     every row stopped are discarded, and counted in ``decode_steps``); ``graph_warmup``: eager steps before the
     capture; ``min_graph_steps``: fewer remaining steps than this are not worth a capture.
-    ``extras["fast_decode"]`` reports the mode used, the fallback reason, and the steady-state time per step."""
+    ``extras["fast_decode"]`` reports the mode used, the fallback reason, and the steady-state time per step.
+
+    ``record``: a :class:`~sparse_kernels.hf.session.PromptRecord` of these prompts (:func:`shared_prefill`): the
+    session (without a prefill method) starts from that dense prefill instead of running its own; the tokens are
+    those of its own prefill, ``prefill_s`` is the shared prefill's time."""
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
@@ -121,6 +126,11 @@ def greedy_generate(model, prompts: list[list[int]], max_new_tokens: int, eos_id
                              "sparse_kernels.hf.enable(model)")
         session.begin(batch, ids.shape[1], mask.bool() if padded else None, max_new_tokens, device)
         ctx = session.activate()
+        if record is not None and (record.batch, record.length) != tuple(ids.shape):
+            raise ValueError(f"the prompt record holds a batch of {record.batch} x {record.length} tokens, these "
+                             f"prompts are {tuple(ids.shape)}")
+    elif record is not None:
+        raise ValueError("a shared prefill (record) needs a session")
     else:
         cache = DynamicCache(config=model.config) if cache is None else cache
         ctx = contextlib.nullcontext()
@@ -135,13 +145,52 @@ def greedy_generate(model, prompts: list[list[int]], max_new_tokens: int, eos_id
     note = None
     if mode == "graph" and len({p.device for p in model.parameters()}) > 1:
         mode, note = "eager", "model spread over several devices: no CUDA graph (eager static decode)"
+    log = logits_log if return_logits else None
     with ctx:
+        if record is None:
+            first = _prefill(forward, ids, positions, mask, device, log)
+        else:
+            session.adopt(record)
+            if log is not None and record.logits is not None:
+                log.append(record.logits)
+            first = (record.first, record.bad, record.prefill_s)
         if mode != "off":
-            return _fast_loop(model, forward, ids, mask, positions, batch, max_new_tokens, eos_ids, device, session,
-                              logits_log if return_logits else None, mode, max(1, int(eos_check_every)),
-                              max(1, int(graph_warmup)), max(1, int(min_graph_steps)), note)
-        return _loop(forward, ids, mask, positions, batch, padded, max_new_tokens, eos_ids, device, session,
-                     logits_log if return_logits else None)
+            return _fast_loop(model, first, positions, batch, max_new_tokens, eos_ids, device, session, log, mode,
+                              max(1, int(eos_check_every)), max(1, int(graph_warmup)), max(1, int(min_graph_steps)),
+                              note)
+        return _loop(forward, first, mask, positions, batch, padded, max_new_tokens, eos_ids, device, session, log)
+
+
+@torch.inference_mode()
+def shared_prefill(model, prompts: list[list[int]], pad_id: int, max_new_tokens: int, session, q_tail: int = 0,
+                   return_logits: bool = False):
+    """One dense prefill of a batch of prompts, recorded for several sessions' decode (``greedy_generate(...,
+    record=...)``): the decode-side cells of one (task, length, shard) share it (workflow_scripts/infer.py).
+    ``session``: a :class:`SparseSession` without methods (its executor computes the prefill); ``q_tail``: the
+    prompt queries to keep per layer (the largest SnapKV / Ada-SnapKV window of the sessions); ``max_new_tokens``:
+    that of the sessions (it decides whether a sliding window covers everything)."""
+    from .session import PromptRecord
+
+    if session.prefill_method is not None or session.decode_method is not None:
+        raise ValueError("the shared prefill is dense: its session has no methods")
+    device = next(model.parameters()).device
+    ids, mask = left_pad(prompts, pad_id, device)
+    padded = bool((mask == 0).any())
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    session.begin(ids.shape[0], ids.shape[1], mask.bool() if padded else None, max_new_tokens, device)
+    record = session.record = PromptRecord(q_tail)
+    log = [] if return_logits else None
+    try:
+        with session.activate():
+            record.first, record.bad, record.prefill_s = _prefill(
+                lambda i, p, _m, **kw: model(input_ids=i, position_ids=p, use_cache=False, **kw),
+                ids, positions, mask, device, log)
+    finally:
+        session.record = None
+        session.release()
+    record.key_padding_mask = session.key_padding_mask
+    record.logits = log[0] if log else None
+    return record
 
 
 def nonfinite_rows(logits: torch.Tensor) -> torch.Tensor:
@@ -163,8 +212,8 @@ def _prefill(forward, ids, positions, mask, device, logits_log) -> tuple[torch.T
     return nxt, bad, time.perf_counter() - t0
 
 
-def _loop(forward, ids, mask, positions, batch, padded, max_new_tokens, eos_ids, device, session, logits_log):
-    nxt, bad, prefill_s = _prefill(forward, ids, positions, mask, device, logits_log)
+def _loop(forward, first, mask, positions, batch, padded, max_new_tokens, eos_ids, device, session, logits_log):
+    nxt, bad, prefill_s = first
 
     tokens: list[list[int]] = [[] for _ in range(batch)]
     stop = ["length"] * batch
@@ -286,10 +335,10 @@ def _sync_warnings(fn):
     return [str(w.message)[:200] for w in rec if "synchroniz" in str(w.message).lower()]
 
 
-def _fast_loop(model, forward, ids, mask, positions, batch, max_new_tokens, eos_ids, device, session, logits_log,
-               mode, eos_every, warmup, min_graph_steps, note=None):
+def _fast_loop(model, first, positions, batch, max_new_tokens, eos_ids, device, session, logits_log, mode, eos_every,
+               warmup, min_graph_steps, note=None):
     cuda = device.type == "cuda"
-    nxt, bad, prefill_s = _prefill(forward, ids, positions, mask, device, logits_log)
+    nxt, bad, prefill_s = first
 
     info = {"mode": mode, "fallback": note, "warmup_steps": 0, "graph_steps": 0, "capture_s": None,
             "steady_steps": 0, "steady_ms_per_step": None}

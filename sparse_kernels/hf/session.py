@@ -229,6 +229,36 @@ def static_quest_pages(cand: torch.Tensor, kmax: int, n_eff: torch.Tensor | None
     return pages
 
 
+class PromptRecord:
+    """One batch's dense prefill, kept for the decode of several sessions (the shared prefill of the
+    decode-side cells, ``generate.shared_prefill``): per layer the prompt keys and values, the last ``q_tail``
+    queries (what SnapKV / Ada-SnapKV score with), the scale and the layer's kind; plus the batch geometry and,
+    set by the generation loop, the first greedy token per row, the rows with non-finite logits, the prefill's
+    wall time and (for tests) its last-position logits. Sessions build their caches from it with
+    :meth:`SparseSession.adopt`; the record itself is never modified."""
+
+    def __init__(self, q_tail: int = 0):
+        self.q_tail = max(int(q_tail), 0)
+        self.layers: dict[int, tuple] = {}
+        self.batch = self.length = 0
+        self.key_padding_mask = None
+        self.first = self.bad = self.logits = None
+        self.prefill_s = 0.0
+
+    def keep(self, layer, q, k, v, scale, window, kind, sparse) -> None:
+        tail = q[:, :, q.shape[2] - min(self.q_tail, q.shape[2]):].clone()
+        self.layers[layer] = (tail, k, v, scale, window, kind, sparse)
+        self.batch, self.length = k.shape[0], k.shape[2]
+
+    def full_queries(self, tail: torch.Tensor) -> torch.Tensor:
+        """[B, H, length, D] queries holding the recorded tail at the end (zeros before it, which KV compression
+        never reads: it scores with the last ``window`` <= ``q_tail`` real queries of each row)."""
+        B, H, W, D = tail.shape
+        q = tail.new_zeros(B, H, self.length, D)
+        q[:, :, self.length - W:] = tail
+        return q
+
+
 @dataclass
 class AttentionEvent:
     """What a hook sees for one layer call (tests, calibration, debugging).
@@ -317,6 +347,7 @@ class SparseSession:
         self._windows: dict[int, int | None] = {}       # effective window per layer in the last batch
         self.step = 0
         self._static: _StaticDecode | None = None
+        self.record: PromptRecord | None = None   # set: the prefill is recorded for other sessions (adopt)
 
     # ------------------------------------------------------------------ lifecycle (driven by the loop)
     def begin(self, batch: int, length: int, key_padding_mask: torch.Tensor | None, max_new_tokens: int,
@@ -416,6 +447,19 @@ class SparseSession:
             out = self.executor.dense_prefill(q, k, v, kpm, scale)
         else:
             out = reference.windowed_attention(q, k, v, kpm, scale, window=window, softcap=softcap)
+        if self.record is not None:
+            self.record.keep(layer, q, k, v, scale, self._windows[layer], self.layer_kinds[layer], sparse)
+        else:
+            ksel = self._keep_prompt(layer, q, k, v, scale, sparse)
+        if self.hooks:
+            self._emit(AttentionEvent(layer, "prefill", q, k, v, out, scale, selection=sel, kv_selection=ksel,
+                                      cache=self.caches.get(layer), sparse=sparse))
+        return out
+
+    def _keep_prompt(self, layer, q, k, v, scale, sparse):
+        """The layer's prompt cache after its prefill attention: the KV-compressed cache (SnapKV / Ada-SnapKV;
+        returns the selection), or the whole prompt (and Quest's page summaries of it)."""
+        kpm = self.key_padding_mask
         dm = self.decode_method if sparse else None
         if dm is not None and dm.phase == PHASE_KV_COMPRESSION:
             ksel = dm.compress(q, k, kpm, scale)
@@ -423,19 +467,45 @@ class SparseSession:
             self.caches[layer] = LayerCache.from_prefill(kc, vc, valid, self.max_new_tokens)
             self.stats.kv_sparsity += ksel.paper_sparsity.double().cpu().mean(-1)
             self.stats.kv_layers += 1
+            return ksel
+        G = k.shape[1]
+        if kpm is None:
+            valid = torch.ones(self.batch, G, self.length, dtype=torch.bool, device=k.device)
         else:
-            G = k.shape[1]
-            if kpm is None:
-                valid = torch.ones(self.batch, G, self.length, dtype=torch.bool, device=k.device)
-            else:
-                valid = kpm.to(k.device).unsqueeze(1).expand(self.batch, G, self.length)
-            self.caches[layer] = LayerCache.from_prefill(k, v, valid, self.max_new_tokens)
-            if dm is not None:  # Quest: page summaries of the full prompt cache
-                self.quest_states[layer] = dm.init_state(k, kpm)
-        if self.hooks:
-            self._emit(AttentionEvent(layer, "prefill", q, k, v, out, scale, selection=sel, kv_selection=ksel,
-                                      cache=self.caches[layer], sparse=sparse))
-        return out
+            valid = kpm.to(k.device).unsqueeze(1).expand(self.batch, G, self.length)
+        self.caches[layer] = LayerCache.from_prefill(k, v, valid, self.max_new_tokens)
+        if dm is not None:  # Quest: page summaries of the full prompt cache
+            self.quest_states[layer] = dm.init_state(k, kpm)
+        return None
+
+    # ------------------------------------------------------------------ shared dense prefill
+    def adopt(self, record: "PromptRecord") -> None:
+        """Start this session's decode from a dense prefill recorded once for several sessions
+        (:meth:`PromptRecord.keep`): after :meth:`begin` with the record's batch, every layer's prompt cache is
+        built exactly as this session's own dense prefill would have built it (KV compression from the
+        recorded window queries, Quest's page summaries, or a copy of the whole prompt)."""
+        if self.prefill_method is not None:
+            raise RuntimeError("a session with a prefill method computes its own prefill")
+        if (self.batch, self.length) != (record.batch, record.length):
+            raise RuntimeError("adopt() needs begin() with the recorded batch and length")
+        dm = self.decode_method
+        if dm is not None and dm.phase == PHASE_KV_COMPRESSION and int(dm.window) > record.q_tail:
+            raise RuntimeError(f"{type(dm).__name__} scores with {dm.window} window queries, the record kept "
+                               f"{record.q_tail}")
+        for layer, (q, k, v, scale, window, kind, sparse) in record.layers.items():
+            self.layer_kinds[layer] = kind
+            self._windows[layer] = window
+            self._num_q_heads = q.shape[1]
+            if sparse:
+                self.sparse_layers.add(layer)
+            if dm is not None and sparse and dm.phase == PHASE_KV_COMPRESSION:
+                q = record.full_queries(q)
+            self._keep_prompt(layer, q, k, v, scale, sparse)
+
+    def release(self) -> None:
+        """Free the caches (and Quest states) of the last batch; statistics stay readable."""
+        self.caches, self.quest_states = {}, {}
+        self._static = None
 
     def _attend_masked(self, q, K, V, mask, scale, softcap):
         """Decode attention over ``mask`` [B, H or Hkv, Lk]: the executor, or the exact reference when the
@@ -682,5 +752,5 @@ class SparseSession:
         return out
 
 
-__all__ = ["SparseSession", "LayerCache", "LayerKind", "AttentionEvent", "StaticQuestSelection", "active_session",
+__all__ = ["SparseSession", "PromptRecord", "LayerCache", "LayerKind", "AttentionEvent", "StaticQuestSelection", "active_session",
            "limit_candidates", "static_quest_pages"]
