@@ -85,14 +85,17 @@ def write_checkpoint(folder: Path, arch: dict) -> float:
     return time.perf_counter() - t0
 
 
-def study(ckpt: Path, lengths: list[int], samples: int, new_tokens: int, ratio: float, tiny: bool) -> dict:
+def study(ckpt: Path, lengths: list[int], samples: int, new_tokens: int, ratio: float, tiny: bool,
+          decode_ratios: list[float] | None = None, share_prefill: bool = True) -> dict:
     model = ({"path": str(ckpt), "dtype": "float32", "device": "cpu"} if tiny else
              {"path": str(ckpt), "dtype": "bfloat16", "device": "cuda"})
     return {"seed": 43, "samples": samples, "shard_size": samples, "prompt_mode": "direct",
             "max_new_tokens": new_tokens, "batch_size": 1,
             "models": {MODEL: model},
             "tasks": ["ruler_niah"], "lengths": lengths,
-            "methods": {"dense": {}, **{m: {"ratios": [ratio]} for m in METHODS}}}
+            "model_server": {"share_prefill": share_prefill},
+            "methods": {"dense": {}, **{m: {"ratios": [ratio] if m in PREFILL else (decode_ratios or [ratio])}
+                                        for m in METHODS}}}
 
 
 def cell_path(length: int, method: str, ratio: float) -> str:
@@ -155,13 +158,15 @@ def cmd_run(a) -> None:
     record = json.loads(record_path.read_text()) if record_path.is_file() else {"calls": []}
     ckpt = Path(a.checkpoint).resolve()
     t_ckpt = write_checkpoint(ckpt, {**QWEN25_7B, **(TINY if a.tiny else {})})
-    cfg = study(ckpt, a.lengths, a.samples, a.new_tokens, a.ratio, a.tiny)
+    cfg = study(ckpt, a.lengths, a.samples, a.new_tokens, a.ratio, a.tiny, a.decode_ratios, a.share_prefill == "true")
     import yaml
 
     (wd / "study.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     methods = {"prefill": ["dense", *PREFILL], "decode": [m for m in METHODS if m not in PREFILL],
-               "all": ["dense", *METHODS]}[a.targets]
-    targets = [cell_path(L, m, a.ratio) for L in (a.run_lengths or a.lengths) for m in methods]
+               "all": ["dense", *METHODS], "decode_side": ["dense", *(m for m in METHODS if m not in PREFILL)]
+               }[a.targets]
+    targets = [cell_path(L, m, r) for L in (a.run_lengths or a.lengths) for m in methods
+               for r in ([a.ratio] if m in PREFILL or m == "dense" else (a.decode_ratios or [a.ratio]))]
     if a.aggregate:
         targets.append("results/aggregate/summary.parquet")
     cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(wd),
@@ -183,9 +188,32 @@ def cmd_run(a) -> None:
     tmp = record_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(record_path)
+    call["prefills"] = prefill_summary(wd, targets)
     print(json.dumps({k: v for k, v in call.items() if k != "snakemake_logs"}, indent=1))
     if proc.returncode:
         sys.exit(proc.returncode)
+
+
+def prefill_summary(wd: Path, targets: list[str]) -> dict:
+    """Prefills the targets' rows record, per length: cell-samples, prefills computed (a row whose prefill was
+    shared by n cells counts 1/n) and their GPU seconds (each shared prefill counted once)."""
+    import pyarrow.parquet as pq
+
+    out: dict = {}
+    for t in targets:
+        p = wd / t
+        if not t.endswith("part.parquet") or not p.is_file():
+            continue
+        length = int(t.split("length=", 1)[1].split("/", 1)[0])
+        o = out.setdefault(str(length), {"cell_samples": 0, "prefills": 0.0, "prefill_s": 0.0})
+        for r in pq.read_table(p, columns=["prefill_ms", "prefill_shared_by"]).to_pylist():
+            n = r["prefill_shared_by"] or 1
+            o["cell_samples"] += 1
+            o["prefills"] += 1 / n
+            o["prefill_s"] += r["prefill_ms"] / 1e3 / n
+    for o in out.values():
+        o["prefills"] = round(o["prefills"], 6)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -380,7 +408,10 @@ def main(argv=None) -> None:
     r.add_argument("--new-tokens", type=int, default=32)
     r.add_argument("--run-lengths", type=int, nargs="+", help="the lengths whose cells this call runs (default all)")
     r.add_argument("--ratio", type=float, default=10)
-    r.add_argument("--targets", choices=["prefill", "decode", "all"], default="all")
+    r.add_argument("--targets", choices=["prefill", "decode", "all", "decode_side"], default="all")
+    r.add_argument("--decode-ratios", type=float, nargs="+", help="ratios of the decode-side methods (default --ratio)")
+    r.add_argument("--share-prefill", choices=["true", "false"], default="true",
+                   help="model_server.share_prefill of the study")
     r.add_argument("--aggregate", action="store_true", help="also the study's aggregate")
     r.add_argument("--measure", action="store_true", help="measure the device's GEMM / SDPA / HBM rates after")
     r.add_argument("--cores", type=int, default=16)
