@@ -7,7 +7,8 @@ paths replaced by directories this script creates: each model directory holds th
 architecture (config.json) so the GPU and runtime estimates see the true sizes, and empty tokenizer files. Prints
 the number of cells, of inference jobs (cell shards), and of model loads: before = one per inference job (each job
 loaded its model), after = one per model-server job. Calibration jobs (Vertical-Slash / FlexPrefill budgets) load
-the model on their own and are listed separately. Also prints the GPUs and estimated hours per server job.
+the model on their own and are listed separately. Also prints the GPUs and estimated hours per server job, and the prefills per sample before and after the shared
+dense prefill of the decode-side cells (``server_plan.LoadPlan.prefills_per_sample``).
 """
 
 from __future__ import annotations
@@ -43,10 +44,14 @@ QWEN25 = {
 def placeholder_checkpoint(path: Path, arch: dict) -> None:
     path.mkdir(parents=True, exist_ok=True)
     cfg = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 152064,
-           "max_position_embeddings": 32768, "torch_dtype": "bfloat16", **arch}
+           "max_position_embeddings": 32768, "torch_dtype": "bfloat16",
+           # YaRN to 128K, as the Qwen2.5 model cards set it for long contexts
+           "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}, **arch}
     (path / "config.json").write_text(json.dumps(cfg))
     (path / "tokenizer.json").write_text("{}")
     (path / "tokenizer_config.json").write_text("{}")
+    header = json.dumps({"__metadata__": {"format": "pt"}}).encode()        # weights present, without tensors
+    (path / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
 
 
 def main() -> None:
@@ -120,6 +125,11 @@ def main() -> None:
     print(f"model loads after  (one per model_server job):  {loads:,}  "
           f"({infer / max(loads, 1):.1f} cell shards per load on average)")
     print(f"calibration jobs (each loads its model; not grouped): {calib:,}")
+    per = plan.prefills_per_sample()
+    before = sum(b for b, _a in per.values()) / len(per)
+    after = sum(a for _b, a in per.values()) / len(per)
+    print(f"prefills per sample (model x task x length), before / after the shared dense prefill of the decode-side "
+          f"cells (model_server.share_prefill={settings['share_prefill']}): {before:g} / {after:g}")
     by = Counter()
     for load in plan.loads.values():
         by[(load.model, max(load.lengths))] += 1

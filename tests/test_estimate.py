@@ -58,8 +58,14 @@ def test_sparse_cells_cost_their_density_and_calibration_counts():
                      measured(load_s_per_gb=2.0))["rows_gpu_s"]["q"]
     L, P, emb = 128000, 7.61e9, 152064 * 3584
     lin, attn = 2 * (P - emb) * L / 800e12, 4 * 28 * 3584 * L * L / 2 / 500e12
-    # dense + quest prefill densely, V-S computes a tenth of the attention
-    assert row["prefill"] == pytest.approx(2 * (lin + attn) + lin + attn / 10, rel=1e-9)
+    # dense and quest share one dense prefill per sample (priced once), V-S computes a tenth of the attention
+    assert row["prefill"] == pytest.approx((lin + attn) + lin + attn / 10, rel=1e-9)
+    assert est["prefills_per_sample"] == {"without_sharing": 3, "with_sharing": 2}
+    alone = qwen7b_study("/nowhere/Qwen2.5-7B-Instruct", methods, lengths=(128000,), samples=1)
+    alone["model_server"] = {"share_prefill": False}
+    unshared = estimate(alone, measured(load_s_per_gb=2.0, calibration_dense_samples=3.0))
+    assert unshared["rows_gpu_s"]["q"]["prefill"] == pytest.approx(2 * (lin + attn) + lin + attn / 10, rel=1e-9)
+    assert unshared["prefills_per_sample"] == {"without_sharing": 3, "with_sharing": 3}
     assert row["decode"] < 3 * dense["decode"] and row["decode"] > 2 * dense["decode"]
     # one V-S calibration: a load (2 s/GB x 15.22 GB) and three dense samples
     assert row["calibration"] == pytest.approx(2.0 * P * 2 / 1e9 + 3.0 * (lin + attn), rel=1e-9)

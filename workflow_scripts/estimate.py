@@ -122,11 +122,10 @@ def sample_seconds(shape, dtype_bytes: int, length: int, new_tokens: int, prefil
 
 def estimate(cfg: dict, measured: dict) -> dict:
     from .config import Study
-    from .server_plan import DTYPE_BYTES, LoadPlan, gpus_needed, memory_need, model_shape
+    from .server_plan import DTYPE_BYTES, LoadPlan, model_shape
 
     study = Study(cfg, check_paths=False)
     prices = Prices(measured)
-    plan = LoadPlan(study)
     shapes = {}
     for name in study.models:
         path = study.model_dir(name)
@@ -134,6 +133,7 @@ def estimate(cfg: dict, measured: dict) -> dict:
         if shapes[name] is None:
             raise SystemExit(f"models.{name}.path: {path!r} has no config.json and names no Qwen2.5 model of the "
                              "paper; the estimate needs the architecture")
+    plan = LoadPlan(study, shapes)
     new = int(study.cfg["max_new_tokens"])
     rows: dict[str, dict[str, float]] = {}
     prefills = plan.prefills_per_sample()
@@ -143,8 +143,7 @@ def estimate(cfg: dict, measured: dict) -> dict:
         if m["device"] != "cuda":
             continue
         shape, b = shapes[c.model], DTYPE_BYTES[m["dtype"]]
-        gpus = int(m.get("gpus") or gpus_needed(memory_need(shape, m["dtype"], c.length, new,
-                                                            study.cfg["batch_size"]), 80.0))
+        gpus = plan.gpus(c.model, c.length)
         pre, dec = study.phase_ratios(c.method, c.ratio)
         pm, dm = (study.cell_params(c.model, c.task, c.length, c.method, c.ratio, 0)[k]
                   for k in ("prefill_method", "decode_method"))

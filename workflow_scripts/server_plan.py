@@ -150,16 +150,17 @@ def gpus_needed(need: dict[str, int], gpu_memory_gb: float) -> int:
     return max(1, math.ceil(sum(need.values()) / usable))
 
 
-def sample_seconds(shape: ModelShape, dtype: str, length: int, new_tokens: int, device: str) -> float:
-    """Dense prefill FLOPs (2 x params x L plus causal attention 2 x layers x d x L^2) at the device's FLOP rate,
-    plus every decode step reading the weights and the KV cache at its memory bandwidth."""
+def sample_seconds(shape: ModelShape, dtype: str, length: int, new_tokens: int, device: str) -> tuple[float, float]:
+    """(prefill s, decode s) of one sample: dense prefill FLOPs (2 x params x L plus causal attention
+    2 x layers x d x L^2) at the device's FLOP rate; every decode step reading the weights and the KV cache at its
+    memory bandwidth."""
     t = THROUGHPUT["cuda" if device == "cuda" else "cpu"]
     b = DTYPE_BYTES[dtype]
     d = shape.heads * shape.head_dim
     prefill = (2 * shape.params * length + 2 * shape.layers * d * length**2) / t["flops"]
     kv = 2 * shape.layers * shape.kv_heads * shape.head_dim * (length + new_tokens) * b
     decode = new_tokens * (shape.params * b + kv) / t["bytes_per_s"]
-    return prefill + decode
+    return prefill, decode
 
 
 # ---------------------------------------------------------------------------------------------- the plan
@@ -180,8 +181,10 @@ class Load:
 
 
 class LoadPlan:
-    def __init__(self, study):
+    def __init__(self, study, shapes: dict | None = None):
+        """``shapes``: {model: ModelShape} for models whose checkpoint is not there yet (the GPU-hour estimate)."""
         self.study = study
+        self._shapes = dict(shapes or {})
         self.settings = {**DEFAULTS, **(study.cfg.get("model_server") or {})}
         keys = list(self.settings["group"])
         if "model" not in keys or not set(keys) <= set(GROUP_KEYS):
@@ -193,17 +196,18 @@ class LoadPlan:
 
     # -- estimates
     def shape(self, model: str) -> ModelShape | None:
-        return model_shape(self.study.model_dir(model))
+        return self._shapes.get(model) or model_shape(self.study.model_dir(model))
 
-    def cell_minutes(self, model: str, length: int, shard: int) -> float:
-        """Estimated minutes of one cell shard (dense attention, every sample decoding max_new_tokens)."""
+    def cell_minutes(self, model: str, length: int, shard: int) -> tuple[float, float]:
+        """Estimated (prefill, decode) minutes of one cell shard (dense attention, every sample decoding
+        max_new_tokens)."""
         shape = self.shape(model)
         if shape is None:
-            return 1.0
+            return 0.5, 0.5
         m = self.study.models[model]
         start, stop = self.study.shard_range(shard)
-        s = sample_seconds(shape, m["dtype"], length, self.study.cfg["max_new_tokens"], m["device"])
-        return RUNTIME_SAFETY * (stop - start) * s / 60
+        pre, dec = sample_seconds(shape, m["dtype"], length, self.study.cfg["max_new_tokens"], m["device"])
+        return RUNTIME_SAFETY * (stop - start) * pre / 60, RUNTIME_SAFETY * (stop - start) * dec / 60
 
     def load_minutes(self, model: str) -> float:
         shape = self.shape(model)
@@ -249,7 +253,7 @@ class LoadPlan:
             groups.setdefault(gk, []).append(cell)
         max_cells = int(self.settings["max_cells"])
         max_minutes = float(self.settings["max_hours"]) * 60
-        cell_min: dict[tuple, float] = {}
+        cell_min: dict[tuple, tuple[float, float]] = {}
         for gk, group in groups.items():
             model = group[0][0]
             load_min = self.load_minutes(model)
@@ -258,22 +262,41 @@ class LoadPlan:
                 units.setdefault((cell[1], cell[2], cell[5]), []).append(cell)
             chunks: list[list[tuple]] = [[]]
             minutes = [load_min]
-            for unit in units.values():
+            shared_in: list[set] = [set()]       # units whose shared prefill the chunk already pays for
+
+            def new_chunk():
+                chunks.append([])
+                minutes.append(load_min)
+                shared_in.append(set())
+
+            def add(cell, full, unit=None, decode=None):
+                """Add a cell costing ``full`` minutes, or ``decode`` when its unit's shared prefill is already
+                paid for in the chunk."""
+                cost = decode if unit is not None and unit in shared_in[-1] else full
+                if chunks[-1] and (len(chunks[-1]) >= max_cells or minutes[-1] + cost > max_minutes):
+                    new_chunk()
+                    cost = full
+                chunks[-1].append(cell)
+                minutes[-1] += cost
+                if unit is not None:
+                    shared_in[-1].add(unit)
+
+            for ukey, unit in units.items():
                 key = (model, unit[0][2], unit[0][5])
                 if key not in cell_min:
                     cell_min[key] = self.cell_minutes(model, unit[0][2], unit[0][5])
-                t = cell_min[key]
-                whole = len(unit) <= max_cells and t * len(unit) + load_min <= max_minutes
-                if whole and chunks[-1] and (len(chunks[-1]) + len(unit) > max_cells
-                                             or minutes[-1] + t * len(unit) > max_minutes):
-                    chunks.append([])            # a unit stays in one load, so its cells can share their prefill
-                    minutes.append(load_min)
+                pre, dec = cell_min[key]
+                shared = [c for c in unit if self.shares_prefill(c[3])]
+                # the unit's decode-side cells in one load where they fit (one shared prefill), then the others
+                t = pre + dec * len(shared)
+                if shared and chunks[-1] and len(shared) <= max_cells and load_min + t <= max_minutes \
+                        and (len(chunks[-1]) + len(shared) > max_cells or minutes[-1] + t > max_minutes):
+                    new_chunk()
+                for cell in shared:
+                    add(cell, pre + dec, ukey, dec)
                 for cell in unit:
-                    if chunks[-1] and (len(chunks[-1]) >= max_cells or minutes[-1] + t > max_minutes):
-                        chunks.append([])
-                        minutes.append(load_min)
-                    chunks[-1].append(cell)
-                    minutes[-1] += t
+                    if cell not in shared:
+                        add(cell, pre + dec)
             base = "/".join(f"{k}={v}" for k, v in zip(keys, gk))
             for i, (chunk, mins) in enumerate(zip(chunks, minutes)):
                 lid = base if len(chunks) == 1 else f"{base}/part={i}"
