@@ -174,11 +174,11 @@ def _server_group(w):
 
 @rulefunc
 def _server_threads(w):
-    # Local runs: all cores, so that one load group runs at a time. Snakemake's local executor runs a group's jobs
-    # on a shared thread pool sized for one group (cores + 5, or the group's size); two groups at once can starve a
-    # server of its thread while its cells wait for it (and fail after --latency-wait). Cluster runs: one group per
-    # job; GPU jobs get their CPUs from cpus_per_gpu (profiles/slurm). Cells run with 1 torch thread either way.
-    return workflow.cores if workflow.local_exec else 1
+    # Local runs: the cores shared among the loads (at least one each), so that several loads run at once when
+    # there are more loads than cores (the torch threads of a server: its cells run on them); the local executor's
+    # thread pool is widened to hold every cell of the loads that can run at once (rules/infer.smk). Cluster runs:
+    # one group per job; GPU jobs get their CPUs from cpus_per_gpu (profiles/slurm).
+    return LOADS.local_threads(workflow.cores) if workflow.local_exec else 1
 
 
 # ------------------------------------------------------------------------------------------ rules/score.smk

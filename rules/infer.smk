@@ -23,8 +23,8 @@ from workflow_scripts import service_inputs
 LOADS = sfs.LoadPlan(STUDY)
 for _stale in LOADS.remove_stale():
     logger.info(f"model_server: removed {_stale}, left by a server whose Snakemake was killed")
-# every cell of a load in flight at once, so that a unit's decode-side cells share their prefill (see there)
-service_inputs.widen_local_pool(LOADS.max_load_cells)
+# every cell of the loads that run at once in flight, so that a unit's decode-side cells share their prefill
+service_inputs.widen_local_pool(LOADS.local_pool_extra(workflow.cores))
 if not service_inputs.apply():
     logger.warning("model_server: unknown Snakemake version; creating rendezvous placeholders (a dry run writes them)")
     try:
@@ -56,7 +56,7 @@ rule infer:
         cell=_infer_params,
     shell:
         "{PY} workflow_scripts.server_client --address {input.server:q} --cell {params.cell:q}"
-        " --data {input.data:q} --out {output:q} --threads 1 > {log:q} 2>&1"
+        " --data {input.data:q} --out {output:q} > {log:q} 2>&1"
 
 
 # One model load: serves the cells of its load group (workflow_scripts/server.py). No params and no inputs, on

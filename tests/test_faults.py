@@ -208,7 +208,7 @@ def test_full_disk_while_aggregating_fails_and_leaves_no_database(reference, tmp
 # ---------------------------------------------------------------------------------------------- 4
 def _request(out: str, data: str = DATA) -> dict:
     cell = {"model_path": "m", "tokenizer": "m", "dtype": "float32", "device": "cpu", "calibration": None}
-    return {"protocol": 1, "op": "run", "cell": cell, "data": data, "out": out, "threads": 1}
+    return {"protocol": 1, "op": "run", "cell": cell, "data": data, "out": out}
 
 
 # a client with nothing but the standard library, to run as another user (it cannot import this project)

@@ -245,11 +245,11 @@ def device_identity(device: str) -> str:
     return f"cpu:{model}"
 
 
-def salvage_key(req: dict, device: str) -> str:
+def salvage_key(req: dict, device: str, threads: int) -> str:
     from .provenance import code_fingerprint, provenance
 
     cell = req["cell"]
-    ident = {"cell": cell, "out": os.path.normpath(req["out"]), "threads": req.get("threads", 1),
+    ident = {"cell": cell, "out": os.path.normpath(req["out"]), "threads": threads,
              "data": _file_id(req["data"]), "calibration": _file_id(cell.get("calibration")),
              "model": _dir_id(cell["model_path"]), "tokenizer": _dir_id(cell["tokenizer"]),
              "code": code_fingerprint(), "versions": provenance()["versions"], "device": device}
@@ -479,8 +479,7 @@ class Server:
                            "seconds": secs})
                 conn.close()
 
-            infer.run_cells(jobs, int(items[0][1].get("threads") or self.threads), loaded, share=self.share,
-                            on_done=done)
+            infer.run_cells(jobs, self.threads, loaded, share=self.share, on_done=done)
         finally:
             self.busy = False
 
@@ -507,7 +506,7 @@ class Server:
         return self._device_id
 
     def _salvage_path(self, req: dict) -> Path:
-        return self.salvage_dir / f"{_path_tag(req['out'])}.{salvage_key(req, self._device())}.parquet"
+        return self.salvage_dir / f"{_path_tag(req['out'])}.{salvage_key(req, self._device(), self.threads)}.parquet"
 
     def _admit(self, conn: Connection, req: dict) -> bool:
         """Check a request (trust, model); restore its output from salvage if an earlier attempt wrote it (True)."""

@@ -102,15 +102,13 @@ def main(argv=None) -> None:
     ap.add_argument("--cell", required=True, help="Python-literal dict (Study.cell_params)")
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
     if a.server_log is None:
         from .server_plan import log_of_address
 
         a.server_log = log_of_address(a.address)
     timeout = float(os.environ.get("SFW_SERVER_CONNECT_TIMEOUT", "600"))
-    request = {"protocol": PROTOCOL, "op": "run", "cell": ast.literal_eval(a.cell), "data": a.data, "out": a.out,
-               "threads": a.threads}
+    request = {"protocol": PROTOCOL, "op": "run", "cell": ast.literal_eval(a.cell), "data": a.data, "out": a.out}
     t0 = time.monotonic()
     sock = connect(a.address, timeout, a.server_log)
     print(f"connected to the model server ({a.address}) after {time.monotonic() - t0:.1f}s; cell {a.out}",

@@ -222,8 +222,10 @@ class LoadPlan:
         need = memory_need(shape, self.study.models[model]["dtype"], length, cfg["max_new_tokens"],
                            cfg["batch_size"])
         if sum(len(self.study.ratios[m]) for m in cfg["methods"] if self.shares_prefill(m)) > 1:
-            # the shared dense prefill's prompt cache lives beside the private copy of the cell decoding from it
-            need["shared_prompt"] = need["kv_cache"] * length // (length + cfg["max_new_tokens"])
+            # the shared dense prefill's prompt cache lives beside the private copy of the cell decoding from it;
+            # a decode has no prefill activations, so the peak grows only by what the copy exceeds them by
+            prompt = need["kv_cache"] * length // (length + cfg["max_new_tokens"])
+            need["shared_prompt"] = max(0, prompt - need["activations"])
         return need
 
     def gpus(self, model: str, length: int) -> int:
@@ -336,9 +338,16 @@ class LoadPlan:
         return out
 
     # -- lookups for the rules
-    @property
-    def max_load_cells(self) -> int:
-        return max((len(load.cells) for load in self.loads.values()), default=0)
+    def local_threads(self, cores: int | None) -> int:
+        """Torch threads of a server in a local run: the cores shared among the loads, at least one each."""
+        return max(1, int(cores or 1) // max(len(self.loads), 1))
+
+    def local_pool_extra(self, cores: int | None) -> int:
+        """Workers the local executor needs beyond its own (service_inputs.widen_local_pool): each load that can
+        run at once (cores / server threads) is a group job holding one worker plus one per job (server + cells)."""
+        at_once = min(len(self.loads), max(1, int(cores or 1) // self.local_threads(cores)))
+        largest = sorted((len(load.cells) + 2 for load in self.loads.values()), reverse=True)
+        return sum(largest[:at_once])
 
     @property
     def share_flag(self) -> str:
