@@ -11,6 +11,7 @@ Commands (on the GPU machine; see bench/run_workflow_gpu.sh, which installs the 
 
     python bench/bench_workflow_gpu.py run --work results/bench_wf [--targets prefill|decode|all] [--lengths ...]
     python bench/bench_workflow_gpu.py report --work results/bench_wf --out docs/results/workflow_gpu_h100
+    python bench/bench_workflow_gpu.py prefills DIR     # prefills a study's predictions computed (any device)
 
 ``run`` may be called several times on the same --work folder (one device call each): Snakemake continues the
 study, and every call appends its wall time and its Snakemake log to the record. ``--targets`` picks the cells a
@@ -196,7 +197,8 @@ def cmd_run(a) -> None:
 
 def prefill_summary(wd: Path, targets: list[str]) -> dict:
     """Prefills the targets' rows record, per length: cell-samples, prefills computed (a row whose prefill was
-    shared by n cells counts 1/n) and their GPU seconds (each shared prefill counted once)."""
+    shared by n cells counts 1/n) and their seconds (each shared prefill counted once; a row's prefill_ms is its
+    batch's)."""
     import pyarrow.parquet as pq
 
     out: dict = {}
@@ -206,11 +208,11 @@ def prefill_summary(wd: Path, targets: list[str]) -> dict:
             continue
         length = int(t.split("length=", 1)[1].split("/", 1)[0])
         o = out.setdefault(str(length), {"cell_samples": 0, "prefills": 0.0, "prefill_s": 0.0})
-        for r in pq.read_table(p, columns=["prefill_ms", "prefill_shared_by"]).to_pylist():
+        for r in pq.read_table(p, columns=["prefill_ms", "prefill_shared_by", "batch_size"]).to_pylist():
             n = r["prefill_shared_by"] or 1
             o["cell_samples"] += 1
             o["prefills"] += 1 / n
-            o["prefill_s"] += r["prefill_ms"] / 1e3 / n
+            o["prefill_s"] += r["prefill_ms"] / 1e3 / n / r["batch_size"]
     for o in out.values():
         o["prefills"] = round(o["prefills"], 6)
     return out
@@ -397,6 +399,15 @@ def cmd_report(a) -> None:
     print("\n".join(md))
 
 
+def cmd_prefills(a) -> None:
+    """The prefill summary of every prediction under a study's working directory (e.g. a `make run`)."""
+    wd = Path(a.dir).resolve()
+    targets = sorted(str(p.relative_to(wd)) for p in wd.glob("results/predictions/**/part.parquet"))
+    out = prefill_summary(wd, targets)
+    total = {k: sum(o[k] for o in out.values()) for k in ("cell_samples", "prefills", "prefill_s")}
+    print(json.dumps({"by_length": out, "total": total}, indent=1))
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -419,8 +430,10 @@ def main(argv=None) -> None:
     p = sub.add_parser("report")
     p.add_argument("--work", default="results/bench_wf")
     p.add_argument("--out", default="docs/results/workflow_gpu")
+    f = sub.add_parser("prefills", help="prefills computed by a study's predictions (shared ones once)")
+    f.add_argument("dir", help="the study's working directory (holding results/predictions)")
     a = ap.parse_args(argv)
-    {"run": cmd_run, "report": cmd_report}[a.cmd](a)
+    {"run": cmd_run, "report": cmd_report, "prefills": cmd_prefills}[a.cmd](a)
 
 
 if __name__ == "__main__":
