@@ -166,12 +166,14 @@ class BlockSelection(_PrefillMaskMixin):
         dev = self.indices.device
         if n == 0 or q1 <= q0:
             return torch.zeros(H, max(q1 - q0, 0), n, dtype=torch.bool, device=dev)
-        idx = self.indices[b, :, :nb, :]  # [H, nb, K]
-        bm = torch.zeros(H, nb, nb + 1, dtype=torch.bool, device=dev)
+        m0, m1 = q0 // bs, -(-q1 // bs)  # query blocks touched by the rows
+        idx = self.indices[b, :, m0:m1, :]  # [H, m1-m0, K]
+        bm = torch.zeros(H, m1 - m0, nb + 1, dtype=torch.bool, device=dev)
         bm.scatter_(2, torch.where(idx < 0, torch.full_like(idx, nb), idx), True)
-        rows = torch.arange(q0, q1, device=dev) // bs
-        cols = torch.arange(n, device=dev) // bs
-        tok = bm[:, rows][:, :, cols]
+        # block -> token mask by one expanding copy (no per-token index gathers)
+        tok = bm[:, :, :nb, None].expand(H, m1 - m0, nb, bs).reshape(H, m1 - m0, 1, nb * bs)
+        tok = tok.expand(H, m1 - m0, bs, nb * bs).reshape(H, (m1 - m0) * bs, nb * bs)
+        tok = tok[:, q0 - m0 * bs:q1 - m0 * bs, :n]
         return tok & _causal_rows(q0, q1, n, dev)
 
     def to_mask(self) -> torch.Tensor:
@@ -433,8 +435,9 @@ class VerticalSlashSelection(_PrefillMaskMixin):
         c = idx.columns[:, m0:m1]
         colm.scatter_(2, torch.where((c < 0) | (c >= n), torch.full_like(c, n), c), True)
         covb = covb | colm[:, :, :n]
-        rows = torch.arange(q0, q1, device=dev) // bs - m0
-        return covb[:, rows, :] & causal
+        # block rows -> token rows by one expanding copy (no per-row index gather)
+        rows = covb.unsqueeze(2).expand(H, nqb, bs, n).reshape(H, nqb * bs, n)[:, q0 - m0 * bs:q1 - m0 * bs]
+        return rows & causal
 
     def to_mask(self, granularity: str = "block") -> torch.Tensor:
         return super().to_mask(granularity=granularity)

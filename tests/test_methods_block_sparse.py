@@ -110,3 +110,32 @@ def test_causal_pairs_closed_form_matches_enumeration():
     want = torch.tensor([sum(1 for q in range(a, b) for k in range(c, d) if k <= q)
                          for a, b, c, d in zip(q0.tolist(), q1.tolist(), k0.tolist(), k1.tolist())])
     assert torch.equal(got, want)
+
+
+def test_local_mask_of_any_row_range_matches_token_enumeration():
+    """BlockSelection.local_mask for arbitrary (unaligned) query ranges, padded rows and -1 holes equals the mask
+    written token by token from the layout: query i sees key j iff j <= i and j's block is kept for i's block."""
+    g = torch.Generator().manual_seed(1)
+    for _ in range(60):
+        bs, L, H, B = int(torch.randint(1, 9, (1,), generator=g)), int(torch.randint(1, 50, (1,), generator=g)), 2, 2
+        nb_max = -(-L // bs)
+        K = int(torch.randint(1, nb_max + 1, (1,), generator=g))
+        lens = torch.randint(0, L + 1, (B,), generator=g)
+        idx = torch.full((B, H, nb_max, K), -1)
+        for b in range(B):
+            nb = -(-int(lens[b]) // bs)
+            if nb:
+                idx[b] = torch.randint(-1, nb, (H, nb_max, K), generator=g)
+        sel = BlockSelection(block_size=bs, indices=idx, counts=(idx >= 0).sum(-1), seq_lens=lens,
+                             pad_offsets=L - lens, length=L)
+        for b in range(B):
+            n = int(lens[b])
+            q0 = int(torch.randint(0, n + 1, (1,), generator=g))
+            q1 = int(torch.randint(q0, n + 1, (1,), generator=g))
+            want = torch.zeros(H, q1 - q0, n, dtype=torch.bool)
+            for h in range(H):
+                for i in range(q0, q1):
+                    kept = set(idx[b, h, i // bs].tolist()) - {-1}
+                    for j in range(i + 1):
+                        want[h, i - q0, j] = (j // bs) in kept
+            assert torch.equal(sel.local_mask(b, q0, q1), want), (bs, L, n, q0, q1)

@@ -280,3 +280,28 @@ def test_flexprefill_dense_ratio():
     out, sel = FlexPrefill(ratio=1, last_q=40, n_local=8, block_size=16).attend(q, k, v)
     torch.testing.assert_close(out.double(), explicit_output(q, k, v, causal(L).expand(1, H, L, L)), atol=1e-5,
                                rtol=1e-5)
+
+
+def test_block_local_mask_of_any_row_range_matches_the_block_index():
+    """VerticalSlashSelection.local_mask (block granularity) for arbitrary row ranges of left-padded rows equals
+    the mask written token by token from the block index: query i sees key j iff j <= i and j lies in one of the
+    key ranges of i's query block or is one of its extra columns."""
+    q, k, _ = make_qkv(2, 4, 2, 150, seed=5)
+    kpm = torch.ones(2, 150, dtype=torch.bool)
+    kpm[1, :37] = False
+    sel = VerticalSlash(vertical_size=12, slash_size=20, last_q=32, n_local=8, block_size=16).select(q, k, kpm)
+    g = torch.Generator().manual_seed(2)
+    for b in range(2):
+        n, bs, idx = int(sel.seq_lens[b]), sel.block_size, sel.block_index(b)
+        for _ in range(4):
+            q0 = int(torch.randint(0, n, (1,), generator=g))
+            q1 = int(torch.randint(q0 + 1, n + 1, (1,), generator=g))
+            want = torch.zeros(4, q1 - q0, n, dtype=torch.bool)
+            for h in range(4):
+                for i in range(q0, q1):
+                    m = i // bs
+                    ranges = [(int(s), int(e)) for s, e in zip(idx.range_start[h, m], idx.range_end[h, m]) if s >= 0]
+                    cols = {int(c) for c in idx.columns[h, m] if c >= 0}
+                    for j in range(i + 1):
+                        want[h, i - q0, j] = j in cols or any(s <= j < e for s, e in ranges)
+            assert torch.equal(sel.local_mask(b, q0, q1), want), (b, q0, q1)
