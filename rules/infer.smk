@@ -69,7 +69,7 @@ rule infer:
 # cell wait for that file for at most --latency-wait seconds; `exec` makes the server the process Snakemake signals
 # (SIGTERM when the cells are done, SIGKILL when one failed).
 # lint: runs the workflow's own Python environment, no conda/container (see rules/common.smk); the shell reads the
-# globals PY and sfs (the socket folder) since this rule takes no params (see above)
+# globals PY, sfs (the socket folder) and LOADS (model_server.share_prefill) since this rule takes no params (see above)
 rule model_server:
     output:
         service(sfs.ADDRESS),

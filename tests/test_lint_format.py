@@ -22,6 +22,8 @@ ALLOWED = {
     "Shell command directly uses variable PY from outside of the rule": "the interpreter string (issue 23)",
     "Shell command directly uses variable sfs from outside of the rule": "the model server's socket folder: the server "
     "rule takes no params on purpose (rules/infer.smk)",
+    "Shell command directly uses variable LOADS from outside of the rule": "the load plan's share_prefill setting, "
+    "for the same reason (rules/infer.smk)",
 }
 # Findings about one rule whose justification is a `# lint:` comment just above the rule.
 RULE_COMMENT = "Specify a conda environment or container for each rule."
