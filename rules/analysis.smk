@@ -58,10 +58,14 @@ rule chart_iso:
         "results/logs/charts/{kind}.log",
     wildcard_constraints:
         kind="|".join(ISO_KINDS),
+    params:
+        runtime=STUDY.runtime_label(),
     run:
         from workflow_scripts.charts import iso_chart
 
-        logged(log[0], iso_chart, input[0], wildcards.kind, output.html, output.png)
+        logged(
+            log[0], iso_chart, input[0], wildcards.kind, output.html, output.png, params.runtime
+        )
 
 
 rule significance:

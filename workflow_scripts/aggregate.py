@@ -27,7 +27,7 @@ SELECT model, task, length, method, ratio, prefill_ratio, decode_ratio,
        avg(density)                              AS mean_density,
        avg(input_tokens)                         AS mean_input_tokens,
        avg(output_tokens)                        AS mean_output_tokens,
-       avg(prefill_ms)                           AS mean_prefill_ms,
+       avg(prefill_ms / coalesce(batch_size, 1)) AS mean_prefill_ms,   -- per sample (a row holds its batch's)
        avg(decode_ms_per_token)                  AS mean_decode_ms_per_token,
        max(peak_mem_mb)                          AS max_peak_mem_mb{recall}
 FROM samples

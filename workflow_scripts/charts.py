@@ -92,7 +92,7 @@ METRICS = {
 }
 
 
-def iso_chart(points_path: str, kind: str, html_path: str, png_path: str) -> None:
+def iso_chart(points_path: str, kind: str, html_path: str, png_path: str, runtime: str | None = None) -> None:
     """Paper Fig. 2 analogue. One panel per (phase, length): per model and method a line from the dense point
     through the method's ratios (colour = method, shape = model, ratio written beside each point), ± standard
     error bars, the Pareto frontier dashed; log cost axes fitted to the data."""
@@ -142,7 +142,8 @@ def iso_chart(points_path: str, kind: str, html_path: str, png_path: str) -> Non
     subtitle = ["dashed: Pareto frontier; each line runs from its model's dense point (1×) through the method's "
                 "ratios"]
     if kind == "isotime":
-        subtitle.append("wall clock of this study's runs (device and executor of each cell: its parquet metadata)")
+        where = runtime or "the device and executor in each cell's metadata"
+        subtitle.append(f"wall clock per sample of this study's runs on {where} (prefill: its batch's time / batch size)")
     chart = alt.vconcat(*panels).properties(title=alt.Title(title, subtitle=subtitle)).resolve_scale(x="independent")
     save_chart(chart, html_path, png_path)
 

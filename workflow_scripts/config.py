@@ -678,6 +678,16 @@ class Study:
     def tokenizer_key(self, model: str) -> str:
         return self._per_model("tokenizer_key", model, lambda m: self.tokenizer_keys[self.tokenizer_path(model)])
 
+    def runtime_label(self) -> str:
+        """Where the study's cells run, for the isoTime chart: e.g. "cpu, torch executor" per distinct model
+        device (``executor: auto`` as ``sparse_kernels.hf.executors.resolve_executor_name`` resolves it: the
+        Triton kernels on CUDA, torch elsewhere)."""
+        ex = self.cfg["executor"]
+        seen = dict.fromkeys(
+            f"{d}, {(('triton' if d == 'cuda' else 'torch') if ex in (None, 'auto') else ex)} executor"
+            for d in (m["device"] for m in self.models.values()))
+        return "; ".join(seen)
+
     def mode(self, model: str) -> str:
         return self._per_model("mode", model, lambda m: m.get("prompt_mode") or self.cfg["prompt_mode"])
 
