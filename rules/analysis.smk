@@ -63,9 +63,7 @@ rule chart_iso:
     run:
         from workflow_scripts.charts import iso_chart
 
-        logged(
-            log[0], iso_chart, input[0], wildcards.kind, output.html, output.png, params.runtime
-        )
+        logged(log[0], iso_chart, input[0], wildcards.kind, output.html, output.png, params.runtime)
 
 
 rule significance:
