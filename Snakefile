@@ -1,4 +1,5 @@
-# sparse-frontier workflow: task data -> inference per cell -> scores -> DuckDB aggregate -> charts.
+# sparse-frontier workflow: task data -> inference per cell -> scores -> DuckDB aggregate -> analyses, charts ->
+# the study database.
 #
 #   snakemake                                   # default study (config.yaml), local profile profiles/default
 #   snakemake -n                                # dry run: what would run and why
@@ -35,6 +36,7 @@ include: "rules/score.smk"
 include: "rules/aggregate.smk"
 include: "rules/charts.smk"
 include: "rules/analysis.smk"
+include: "rules/database.smk"
 include: "rules/train.smk"
 
 
@@ -42,6 +44,7 @@ include: "rules/train.smk"
 localrules:
     all,
     aggregate,
+    database,
     chart_score_vs_ratio,
     model_info,
     isocost,

@@ -1,4 +1,5 @@
-# DuckDB aggregation of every per-cell score file of the current study into one database + parquet tables.
+# DuckDB aggregation of every per-cell score file of the current study into the samples and summary tables (parquet);
+# the study's database file, with these and the analysis tables, is written after the analyses (rules/database.smk).
 
 # Every cell's prediction and score file is a target of `all` (Snakefile): Snakemake rebuilds a missing file only
 # when something that needs to run asks for it, so without this a prediction or score removed by hand, by a failed
@@ -11,7 +12,6 @@ rule aggregate:
     input:
         STUDY.score_paths(),
     output:
-        db=AGG_DB,
         samples=AGG_SAMPLES,
         summary=AGG_SUMMARY,
     log:
@@ -22,4 +22,4 @@ rule aggregate:
     run:
         from workflow_scripts.aggregate import aggregate
 
-        logged(log[0], aggregate, list(input), output.db, output.samples, output.summary)
+        logged(log[0], aggregate, list(input), output.samples, output.summary)

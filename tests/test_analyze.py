@@ -145,6 +145,16 @@ def test_relative_error_uses_the_studys_own_ratio(study, tmp_path):
     df = pd.read_parquet(tmp_path / "re.parquet")
     assert set(df["ratio"]) == {5.0} and set(df["method"]) == {"vertical_slash", "quest"}
     assert set(df["n_interpolated"]) == {0}                       # measured cells, not interpolated ones
+    # the values are those of the 5x cells (pooled over models and tasks), by hand from the summary: not the
+    # largest ratio any method ran at (10, V-S only), not the smallest common one (2)
+    for rec in df.to_dict("records"):
+        at = small[small["length"] == rec["length"]]
+        dense = at[at["method"] == "dense"]["mean"].mean()
+        sparse = at[(at["method"] == rec["method"]) & (at["ratio"] == 5.0)]["mean"].mean()
+        assert rec["relative_error"] == pytest.approx((dense - sparse) / dense)
+        for wrong in (2.0, 10.0):
+            other = at[(at["method"] == "vertical_slash") & (at["ratio"] == wrong)]["mean"].mean()
+            assert rec["method"] != "vertical_slash" or rec["relative_error"] != pytest.approx((dense - other) / dense)
     analyze.relative_error(str(tmp_path / "small.parquet"), {"analysis": {"fixed_ratio": 2}},
                            str(tmp_path / "re2.parquet"))
     assert set(pd.read_parquet(tmp_path / "re2.parquet")["ratio"]) == {2.0}

@@ -5,7 +5,8 @@ writes (nothing).
    the next ``snakemake``, with everything after it, instead of "Nothing to be done" and a stale summary;
 2. ``kill -9`` of Snakemake at any point: ``snakemake --unlock && snakemake`` finishes the study, with results
    identical to an undisturbed run (before: only the model server ran, idled out, and the run "succeeded" empty);
-3. a full disk while the aggregate writes its database: the job fails, no empty database is left counted complete;
+3. a full disk while the study database is written (rules/database.smk): the job fails, no empty database is left
+   counted complete;
 4. the model server serves only its study's cells: another user's connection is refused (SO_PEERCRED), so is a
    request naming a path outside the study's results; its socket lives in an owner-only directory;
 5. NaN / inf logits: the sample is marked failed (``status``), never scored, counted in the summary; a cell whose
@@ -177,24 +178,28 @@ def test_kill9_of_snakemake_then_unlock_and_run_finishes(reference, tiny_model, 
 
 
 # ---------------------------------------------------------------------------------------------- 3
-def test_full_disk_while_aggregating_fails_and_leaves_no_database(reference, tmp_path):
+def test_full_disk_while_writing_the_database_fails_and_leaves_no_database(reference, tmp_path):
     """The file-size limit stands in for a full disk (the same write error): DuckDB's close-time checkpoint fails.
     Before: the error was swallowed, an empty database renamed into place with its WAL orphaned beside it."""
     wd = reference[0]
     out = tmp_path / "agg"
     out.mkdir()
+    from workflow_scripts.aggregate import aggregate
+
+    aggregate([str(wd / SCORE)], str(out / "samples.parquet"), str(out / "summary.parquet"))
+    tables = {t: str(out / f"{t}.parquet") for t in ("samples", "summary")}
     script = (
         "import resource, signal, sys\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-        "from workflow_scripts.aggregate import aggregate\n"
+        "from workflow_scripts.aggregate import write_database\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.RLIM_INFINITY))\n"
-        "o = sys.argv[1]\n"
-        f"aggregate([{str(wd / SCORE)!r}], o + '/study.duckdb', o + '/samples.parquet', o + '/summary.parquet')\n")
+        f"write_database({tables!r}, sys.argv[1] + '/study.duckdb')\n")
     proc = subprocess.run([sys.executable, "-c", script, str(out), "60000"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
-    assert proc.returncode != 0, "the aggregate reported success on a full disk"
+    assert proc.returncode != 0, "the database was reported written on a full disk"
     assert "checkpoint" in proc.stderr.lower() or "large" in proc.stderr.lower(), proc.stderr[-2000:]
-    assert sorted(p.name for p in out.iterdir()) == [], "nothing of a failed aggregate may be left"
+    assert sorted(p.name for p in out.iterdir()) == ["samples.parquet", "summary.parquet"], \
+        "nothing of a failed database may be left"
     # with room, the same call writes a complete database
     subprocess.run([sys.executable, "-c", script, str(out), str(10**9)], cwd=ROOT, check=True, timeout=120)
     import duckdb

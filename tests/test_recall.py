@@ -252,3 +252,15 @@ def test_recall_through_the_workflow(workflow, tiny_model):
     summary = pq.read_table(workflow.path("results/aggregate/summary.parquet")).to_pandas().set_index("method")
     assert summary.loc["quest", "mean_recall"] == pytest.approx(got.loc["quest", "recall"])
     assert workflow.path("results/charts/recall.png").stat().st_size > 10_000
+    # the study database holds the recall tables and columns, each described (workflow_scripts/schemas/tables.yaml)
+    import duckdb
+
+    workflow.run("results/aggregate/study.duckdb")
+    con = duckdb.connect(str(workflow.path("results/aggregate/study.duckdb")), read_only=True)
+    described = con.execute("SELECT table_name, column_name, comment FROM duckdb_columns() WHERE NOT internal "
+                            "AND table_name IN ('samples', 'summary', 'recall', 'recall_by_layer')").fetchall()
+    assert {(t, c) for t, c, _ in described} >= {("samples", "decode_oracle_recall_by_layer"),
+                                                  ("summary", "mean_recall"), ("recall", "oracle_recall_se"),
+                                                  ("recall_by_layer", "layer")}
+    assert all(text for _, _, text in described)
+    assert con.execute("SELECT count(*) FROM recall").fetchone()[0] == len(cells)

@@ -32,9 +32,10 @@ def study(model: str) -> dict:
             "tasks": ["ruler_niah"], "lengths": [1024], "methods": {"dense": {}}}
 
 
-# everything downstream of the per-cell scores: aggregation, analyses, charts
+# everything downstream of the per-cell scores: aggregation, analyses, charts, the database
 DOWNSTREAM = {"aggregate": 1, "chart_score_vs_ratio": 1, "isocost": 1, "chart_iso": 3, "significance": 1,
-              "chart_max_ratio": 1, "scaling": 1, "relative_error": 1, "chart_relative_error": 1, "all": 1}
+              "chart_max_ratio": 1, "scaling": 1, "relative_error": 1, "chart_relative_error": 1, "database": 1,
+              "all": 1}
 
 
 def test_end_to_end_and_exact_incremental_reruns(workflow, tiny_model):
