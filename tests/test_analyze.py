@@ -86,6 +86,14 @@ def test_isocost_points_and_frontier(study, tmp_path):
     # compressing prefill reduces prefill FLOPs for every model
     for _, g in pre.groupby("model"):
         assert g.sort_values("ratio")["cost"].is_monotonic_decreasing
+    # every point, isoTime's too, carries the standard error of its mean over tasks: sqrt(sum se_t^2) / n_tasks
+    summary = pd.read_parquet(study / "summary.parquet")
+    picked = pd.concat([pts[pts["metric"] == "time"].sample(10, random_state=0),
+                        pts[pts["metric"] != "time"].sample(10, random_state=0)])
+    for rec in picked.to_dict("records"):
+        se = summary[(summary["model"] == rec["model"]) & (summary["length"] == rec["length"])
+                     & (summary["method"] == rec["method"]) & (summary["ratio"] == rec["ratio"])]["se"]
+        assert len(se) == len(TASKS) and rec["se"] == pytest.approx(float(np.sqrt((se ** 2).sum())) / len(TASKS))
     for kind in charts.METRICS:
         charts.iso_chart(str(out), kind, str(tmp_path / f"{kind}.html"), str(tmp_path / f"{kind}.png"))
         assert (tmp_path / f"{kind}.png").read_bytes()[:4] == b"\x89PNG"

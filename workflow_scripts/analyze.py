@@ -97,7 +97,7 @@ def isocost(summary_path: str, models_path: str, config: dict, out: str) -> None
     import pandas as pd
 
     from .analysis import decode_methods, prefill_methods
-    from .analysis.pareto import isocost_points, pareto_frontier
+    from .analysis.pareto import isocost_points, pareto_frontier, task_mean_se
 
     s = settings(config)
     summary = _single_method_rows(pd.read_parquet(summary_path))
@@ -118,8 +118,8 @@ def isocost(summary_path: str, models_path: str, config: dict, out: str) -> None
         col = "mean_prefill_ms" if phase == "prefill" else "mean_decode_ms_per_token"
         sub = summary[summary["method"].isin(["dense", *methods])]
         t = (sub.groupby(["model", "length", "method", "ratio"])
-             .agg(n_tasks=("task", "nunique"), score=("mean", "mean"), cost=(col, "mean")).reset_index())
-        t["se"] = float("nan")
+             .agg(n_tasks=("task", "nunique"), score=("mean", "mean"), se=("se", task_mean_se), cost=(col, "mean"))
+             .reset_index())
         t["cost_unit"] = "ms" if phase == "prefill" else "ms/token"
         t["n_params"] = t["model"].map(lambda m: float(dims[m].params))
         t["phase"], t["metric"] = phase, "time"

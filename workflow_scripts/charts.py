@@ -24,6 +24,24 @@ def with_dense_anchor(df):
     return pd.concat([df, anchors[df.columns]], ignore_index=True)
 
 
+# One colour per method in every chart (the same method, the same colour from figure to figure), dark enough to
+# read on white (no pale yellow); methods registered outside the project take the spare colours in name order.
+METHOD_COLORS = {"dense": "#4e79a7", "vertical_slash": "#f28e2b", "flexprefill": "#e15759",
+                 "block_sparse": "#9c755f", "snapkv": "#59a14f", "ada_snapkv": "#b07aa1", "quest": "#2a9d8f"}
+SPARE_COLORS = ["#d4a017", "#ff6f91", "#6b6b6b", "#1f77b4", "#8c564b", "#17becf"]
+
+
+def method_scale(methods):
+    """The colour scale of a chart whose colour is the method: ``methods`` in the order given, each in its
+    colour (METHOD_COLORS)."""
+    import altair as alt
+
+    methods = list(dict.fromkeys(methods))
+    others = sorted(m for m in methods if m not in METHOD_COLORS)
+    spare = {m: SPARE_COLORS[i % len(SPARE_COLORS)] for i, m in enumerate(others)}
+    return alt.Scale(domain=methods, range=[METHOD_COLORS.get(m) or spare[m] for m in methods])
+
+
 def ratio_scale(*largest):
     """(scale, axis) of a compression-ratio axis: log, from 1 to the largest of ``largest`` (NaN ignored; at least
     2), ticks at 1, the powers of two below and the end."""
@@ -51,7 +69,7 @@ def score_vs_ratio(summary_path: str, html_path: str, png_path: str) -> None:
     scale, axis = ratio_scale(df["ratio"].max())
     x = alt.X("ratio:Q", title="compression ratio (×, log)", axis=axis, scale=scale)
     methods = sorted(m for m in df["method"].unique() if m != "dense")
-    color = alt.Color("method:N", title="method", scale=alt.Scale(domain=methods, scheme="tableau10"),
+    color = alt.Color("method:N", title="method", scale=method_scale(methods),
                       legend=alt.Legend(symbolType="stroke", symbolOpacity=1, symbolStrokeWidth=3))
     blocks = []
     for model in sorted(raw["model"].unique()):
@@ -101,6 +119,9 @@ def iso_chart(points_path: str, kind: str, html_path: str, png_path: str, runtim
 
     metric_of, title, x_titles = METRICS[kind]
     pts = pd.read_parquet(points_path)
+    # one colour scale for both phases' panels (concatenated charts share it: one domain, one range)
+    color = alt.Color("method:N", title="method",
+                      scale=method_scale(["dense", *sorted(m for m in pts["method"].unique() if m != "dense")]))
     panels = []
     for phase in ("prefill", "decode"):
         df = pts[(pts["phase"] == phase) & (pts["metric"] == metric_of[phase])].copy()
@@ -115,8 +136,6 @@ def iso_chart(points_path: str, kind: str, html_path: str, png_path: str, runtim
         x = alt.X("cost:Q", title=x_titles[phase], axis=alt.Axis(format="~s", tickCount=5),
                   scale=alt.Scale(type="log", domain=[lo / 1.3, hi * 1.3], nice=False))
         y = alt.Y("score:Q", title="mean score over tasks (± SE)", scale=alt.Scale(domain=[0, 1]))
-        color = alt.Color("method:N", title="method", scale=alt.Scale(domain=["dense", *methods],
-                                                                        scheme="tableau10"))
         # one data set for every layer (faceting needs it): the points, and the series drawn as lines / labels
         data = pd.concat([df.assign(kind="point", label=""), series.assign(kind="series")], ignore_index=True)
         base = alt.Chart(data)
@@ -197,7 +216,7 @@ def relative_error_chart(path: str, html_path: str, png_path: str) -> None:
         x=alt.X("length:Q", scale=alt.Scale(type="log", base=2), title="prompt length (tokens, log)",
                 axis=alt.Axis(values=sorted(int(v) for v in df["length"].unique()), format="d")),  # the study's
         y=alt.Y("relative_error:Q", title="(dense − sparse) / dense"),
-        color=alt.Color("method:N", title="method"),
+        color=alt.Color("method:N", title="method", scale=method_scale(sorted(df["method"].unique()))),
         tooltip=["length", "method", alt.Tooltip("relative_error:Q", format=".3f")],
     ).properties(width=360, height=220,
                  title=f"Relative error at {ratio:g}× compression vs prompt length (pooled over models and tasks)")
@@ -247,7 +266,7 @@ def recall_chart(cells_path: str, layers_path: str, html_path: str, png_path: st
     long = pd.concat([cells.assign(measure="method", value=cells["recall"]),
                       cells.assign(measure="oracle (equal budget)", value=cells["oracle_recall"])])
     x = alt.X("ratio:Q", scale=alt.Scale(type="log"), title="compression ratio (log)")
-    color = alt.Color("method:N", title="method")
+    color = alt.Color("method:N", title="method", scale=method_scale(sorted(cells["method"].unique())))
     # (the dash needs no legend: the chart title says solid = method, dashed = oracle)
     dash = alt.StrokeDash("measure:N", legend=None,
                           scale=alt.Scale(domain=["method", "oracle (equal budget)"], range=[[1, 0], [5, 3]]))

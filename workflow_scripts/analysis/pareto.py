@@ -14,7 +14,14 @@ from __future__ import annotations
 
 from typing import Mapping, NamedTuple, Sequence
 
-__all__ = ["pareto_mask", "ParetoResult", "pareto_frontier", "isocost_points"]
+__all__ = ["pareto_mask", "ParetoResult", "pareto_frontier", "isocost_points", "task_mean_se"]
+
+
+def task_mean_se(se) -> float:
+    """Standard error of a mean over tasks of independent task means: sqrt(sum se_t^2) / n_tasks."""
+    import numpy as np
+
+    return float(np.sqrt(np.sum(np.square(np.asarray(se, dtype=float))))) / max(len(se), 1)
 
 
 def pareto_mask(cost, score):
@@ -106,7 +113,6 @@ def isocost_points(summary, models: Mapping[str, "object"], phase: str,
     Output columns: model, length, method, ratio, n_tasks, score (mean of task means),
     se (sqrt(sum se^2) / n_tasks), cost, cost_unit, n_params.
     """
-    import numpy as np
     import pandas as pd
 
     from . import DENSE_METHOD
@@ -127,7 +133,7 @@ def isocost_points(summary, models: Mapping[str, "object"], phase: str,
     keys = ["model", "length", "method", "ratio"]
     agg = (sub.groupby(keys, sort=True)
               .agg(n_tasks=("task", "nunique"), score=("mean", "mean"),
-                   se=("se", lambda x: float(np.sqrt(np.sum(np.square(x)))) / max(len(x), 1)))
+                   se=("se", task_mean_se))
               .reset_index())
     agg = agg[agg["n_tasks"] == len(task_set)].reset_index(drop=True)
     costs, units, params = [], [], []
