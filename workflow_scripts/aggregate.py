@@ -129,7 +129,7 @@ def _select(path: str, keys: list[str]) -> str:
         raise ValueError(f"{path}: no {'/'.join(missing)}=... in the file name to tell its rows apart from the "
                          "other files of the table")
     lead = "".join(f"{_sql_str(values[k])} AS {k}, " for k in keys)
-    return f"SELECT {lead}* FROM read_parquet({_sql_str(path)})"
+    return f"SELECT {lead}* FROM read_parquet({_sql_str(path)}, hive_partitioning = false)"   # (no folder keys)
 
 
 def write_database(tables: dict[str, str | list[str]], db_path: str) -> None:
