@@ -99,7 +99,8 @@ def main(argv=None) -> None:
                                "samples": len(t), "wall_s": round(wall, 2),
                                "prefill_s_per_sample": round(prefill / len(t), 3),
                                "decode_s_per_sample": round(decode / len(t), 3),
-                               "decode_ms_per_step": round(statistics.mean(r["decode_ms_per_token"] or 0 for r in t), 2),
+                               "decode_ms_per_step": round(statistics.mean(r["decode_ms_per_token"] or 0
+                                                                           for r in t), 2),
                                "tokens_per_sample": round(statistics.mean(r["output_tokens"] for r in t), 1)}
                         rows.append(row)
                         print(json.dumps(row), flush=True)

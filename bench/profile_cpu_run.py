@@ -129,7 +129,8 @@ def inference_table(results: str) -> dict:
     for by in ("all", "model", "length", "task", "side"):
         acc = defaultdict(lambda: [0.0, 0.0])
         for b in batches:
-            key = {"all": "all", "side": "decode-side" if b["method"] in DECODE_SIDE else "prefill-side"}.get(by, b.get(by))
+            side = "decode-side" if b["method"] in DECODE_SIDE else "prefill-side"
+            key = {"all": "all", "side": side}.get(by, b.get(by))
             acc[key][0] += b["prefill_s"] / slots
             acc[key][1] += b["decode_s"] / slots
         out["by"][by] = {k: {"prefill_s": round(v[0], 2), "decode_s": round(v[1], 2)} for k, v in sorted(acc.items())}

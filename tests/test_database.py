@@ -6,7 +6,7 @@ analyses.
    analysis table, each equal to the parquet file its rule wrote, and a description of every table and column; an
    edited description rebuilds the database alone; a forced rebuild gives the same tables;
 2. ``write_database`` directly: a column without a description fails naming it and leaves the previous database as
-   it was; several files of one table are told apart by the ``key=value`` parts of their paths.
+   it was; several files of one table are told apart by the ``key=value`` of their names.
 """
 
 from __future__ import annotations
@@ -121,13 +121,13 @@ def test_undescribed_column_fails_and_keeps_the_previous_database(tmp_path):
     card = {"task": "ruler_niah", "mode": "direct", "samples": 2, "lengths": "1024", "mean_tokens": 20.5,
             "min_tokens": 20, "max_tokens": 21}
     a = _parquet(tmp_path / "cards" / "tokenizer=a.parquet", [card])
-    b = _parquet(tmp_path / "cards" / "tokenizer=b.parquet", [{**card, "task": "story_retrieval"}, card])
+    b = _parquet(tmp_path / "x=y" / "tokenizer=b.5.parquet", [{**card, "task": "story_retrieval"}, card])
     models = _parquet(tmp_path / "models.parquet", [{"model": "m", "n_params": 2.0e6}])
     db = tmp_path / "out" / "study.duckdb"
-    agg.write_database({"data_card": [a, b], "models": models}, str(db))
+    agg.write_database({"data_card": [a, b], "models": models}, str(db))      # (a folder's "x=y" is no key)
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("SELECT tokenizer, task FROM data_card ORDER BY ALL").fetchall() == [
-        ("a", "ruler_niah"), ("b", "ruler_niah"), ("b", "story_retrieval")]
+        ("a", "ruler_niah"), ("b.5", "ruler_niah"), ("b.5", "story_retrieval")]
     assert con.execute("SELECT comment FROM duckdb_columns() WHERE table_name = 'data_card' AND "
                        "column_name = 'tokenizer'").fetchone()[0].startswith("tokenizer key")
     con.close()
@@ -144,6 +144,6 @@ def test_undescribed_column_fails_and_keeps_the_previous_database(tmp_path):
     with pytest.raises(ValueError, match="table 'scratch' has no description"):
         agg.write_database({"scratch": models}, str(db))
     # files of one table without a key=value in their paths to tell their rows apart
-    with pytest.raises(ValueError, match="no tokenizer=... in the path"):
+    with pytest.raises(ValueError, match="no tokenizer=... in the file name"):
         agg.write_database({"data_card": [a, _parquet(tmp_path / "other.parquet", [card])]}, str(db))
     assert db.read_bytes() == good

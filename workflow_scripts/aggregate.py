@@ -115,9 +115,10 @@ def _described(column: str, described: dict) -> str | None:
 
 
 def _path_keys(path: str) -> dict[str, str]:
-    """``key=value`` parts of a file's path (folders and the file's stem), e.g. ``tokenizer=ref-2m.parquet``."""
-    parts = [*Path(path).parent.parts, Path(path).name.split(".", 1)[0]]
-    return dict(p.split("=", 1) for p in parts if re.fullmatch(r"[A-Za-z_]\w*=[^=]+", p))
+    """The ``key=value`` of a file's name without its suffix, e.g. ``tokenizer=Qwen2.5-7B.parquet``: {tokenizer:
+    Qwen2.5-7B} (the folders are not read: the study's own folder may hold a ``=``)."""
+    stem = Path(path).stem
+    return dict([stem.split("=", 1)]) if re.fullmatch(r"[A-Za-z_]\w*=[^=]+", stem) else {}
 
 
 def _select(path: str, keys: list[str]) -> str:
@@ -125,15 +126,15 @@ def _select(path: str, keys: list[str]) -> str:
     values = _path_keys(path)
     missing = [k for k in keys if k not in values]
     if missing:
-        raise ValueError(f"{path}: no {'/'.join(missing)}=... in the path to tell its rows apart from the other "
-                         "files of the table")
+        raise ValueError(f"{path}: no {'/'.join(missing)}=... in the file name to tell its rows apart from the "
+                         "other files of the table")
     lead = "".join(f"{_sql_str(values[k])} AS {k}, " for k in keys)
-    return f"SELECT {lead}* FROM read_parquet({_sql_str(path)})"
+    return f"SELECT {lead}* FROM read_parquet({_sql_str(path)}, hive_partitioning = false)"   # (no folder keys)
 
 
 def write_database(tables: dict[str, str | list[str]], db_path: str) -> None:
     """Write ``db_path`` holding one table per entry of ``tables`` (name -> a parquet file, or a list of files whose
-    rows are told apart by the ``key=value`` parts of their paths, which become leading columns: the data card of
+    rows are told apart by the ``key=value`` of their file names, which becomes a leading column: the data card of
     each tokenizer, ``tokenizer=<key>.parquet``), every table and column commented (``comments``).
 
     Atomic: the file is written beside its target and renamed onto it only once DuckDB has written it completely: an
@@ -159,12 +160,12 @@ def write_database(tables: dict[str, str | list[str]], db_path: str) -> None:
                 for name, paths in tables.items():
                     if isinstance(paths, (str, os.PathLike)):
                         paths, keys = [paths], []
-                    else:                   # files of one table: their path keys become columns
+                    else:                   # files of one table: the key of their names becomes a column
                         paths = list(paths)
                         keys = sorted(set().union(*(_path_keys(p) for p in paths)))
                         if not keys:
-                            raise ValueError(f"table {name!r}: no key=value part in the paths of its files {paths} "
-                                             "to tell their rows apart")
+                            raise ValueError(f"table {name!r}: no key=value in the names of its files {paths} to "
+                                             "tell their rows apart")
                     query = "\nUNION ALL BY NAME\n".join(_select(str(p), keys) for p in paths)
                     con.execute(f'CREATE TABLE "{name}" AS {query}')
                     columns = [d[0] for d in con.execute(f'SELECT * FROM "{name}" LIMIT 0').description]
