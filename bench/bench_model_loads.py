@@ -126,8 +126,8 @@ def main() -> None:
           f"({infer / max(loads, 1):.1f} cell shards per load on average)")
     print(f"calibration jobs (each loads its model; not grouped): {calib:,}")
     per = plan.prefills_per_sample()
-    before = sum(b for b, _a in per.values()) / len(per)
-    after = sum(a for _b, a in per.values()) / len(per)
+    before = sum(n for n, _own, _shared in per.values()) / len(per)
+    after = sum(own + shared for _n, own, shared in per.values()) / len(per)
     print(f"prefills per sample (model x task x length), before / after the shared dense prefill of the decode-side "
           f"cells (model_server.share_prefill={settings['share_prefill']}): {before:g} / {after:g}")
     by = Counter()

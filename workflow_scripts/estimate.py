@@ -156,8 +156,7 @@ def estimate(cfg: dict, measured: dict) -> dict:
         r["decode"] += d_s * study.cfg["samples"] * gpus
         r["gpus"] = max(r["gpus"], gpus)
     for key, (p_s, gpus) in shared_price.items():
-        own = sum(1 for c in study.cells() if (c.model, c.task, c.length) == key and not plan.shares_prefill(c.method))
-        rows[key[0]]["prefill"] += p_s * (prefills[key][1] - own) * study.cfg["samples"] * gpus
+        rows[key[0]]["prefill"] += p_s * prefills[key][2] * study.cfg["samples"] * gpus
     for load in plan.loads.values():
         if load.model in rows:
             shape, m = shapes[load.model], study.models[load.model]
@@ -176,8 +175,8 @@ def estimate(cfg: dict, measured: dict) -> dict:
     for r in rows.values():
         r["total"] = sum(r[k] for k in ("calibration", "load", "prefill", "decode"))
     total = sum(r["total"] for r in rows.values())
-    n_before = sum(b for b, _a in prefills.values())
-    n_after = sum(a for _b, a in prefills.values())
+    n_before = sum(n for n, _own, _shared in prefills.values())
+    n_after = sum(own + shared for _n, own, shared in prefills.values())
     return {"device": prices.device, "rows_gpu_s": rows, "total_gpu_s": total,
             "cells": len(study.cells()) * study.n_shards, "loads": len(plan.loads),
             "prefills_per_sample": {"without_sharing": n_before / max(len(prefills), 1),

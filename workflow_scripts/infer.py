@@ -227,7 +227,9 @@ def share_key(cell: dict, data_path: str) -> tuple | None:
     """Cells with equal keys can share one dense prefill per sample (:func:`run_cells`); None for a cell that
     computes its own prefill: a prefill method (sparse prefill, or a combined cell), or recall measurement (its
     hooks need the prefill's attention events)."""
-    if cell.get("prefill_method", "dense") != "dense" or cell.get("recall"):
+    from .server_plan import takes_shared_prefill
+
+    if not takes_shared_prefill(cell.get("prefill_method"), bool(cell.get("recall"))):
         return None
     return (data_path, *(repr(cell.get(k)) for k in SHARE_KEYS))
 

@@ -163,6 +163,13 @@ def sample_seconds(shape: ModelShape, dtype: str, length: int, new_tokens: int, 
     return prefill, decode
 
 
+def takes_shared_prefill(prefill_method: str | None, recall: bool) -> bool:
+    """Whether a cell can take its dense prefill from the one its task, length and shard share: no prefill method
+    (sparse prefill or combined cell) and no recall measurement (its hooks need the prefill's attention events).
+    The one rule the load plan, the estimate and the server's grouping (``infer.share_key``) follow."""
+    return prefill_method in (None, "dense") and not recall
+
+
 # ---------------------------------------------------------------------------------------------- the plan
 @dataclass(frozen=True)
 class Load:
@@ -313,13 +320,14 @@ class LoadPlan:
         their task, length and shard (workflow_scripts/infer.share_key: no prefill method, no recall)."""
         from sparse_kernels.registry import split_method
 
-        return bool(self.settings["share_prefill"]) and not self.study.cfg.get("recall") \
-            and split_method(method)[0] is None
+        return bool(self.settings["share_prefill"]) and takes_shared_prefill(split_method(method)[0],
+                                                                             bool(self.study.cfg.get("recall")))
 
-    def prefills_per_sample(self) -> dict[tuple, tuple[int, float]]:
-        """{(model, task, length): (prefills per sample without sharing, with it)}: one per cell without; with
-        it, one per prefill-side cell plus one per load that serves decode-side cells of the sample's shard
-        (one, since a load keeps a (task, length, shard) unit whole unless max_cells is smaller than it)."""
+    def prefills_per_sample(self) -> dict[tuple, tuple[int, int, float]]:
+        """{(model, task, length): (cells, prefill-side cells, shared prefills)} per sample: without sharing one
+        prefill per cell; with it, one per prefill-side cell plus the shared ones, one per load that serves
+        decode-side cells of the sample's shard (one, since a load keeps a (task, length, shard) unit whole unless
+        max_cells is smaller than it)."""
         cells: dict[tuple, int] = {}
         own: dict[tuple, int] = {}
         loads: dict[tuple, set] = {}
@@ -334,7 +342,7 @@ class LoadPlan:
         out = {}
         for key, n in cells.items():
             shared = sum(len(loads.get((*key, s), ())) for s in range(shards)) / shards
-            out[key] = (n, own.get(key, 0) + shared)
+            out[key] = (n, own.get(key, 0), shared)
         return out
 
     # -- lookups for the rules
